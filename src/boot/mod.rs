@@ -1,0 +1,1 @@
+//! Guest boot: everything written into guest memory and vCPU registers before the first KVM_RUN.

@@ -1,0 +1,1 @@
+//! The local store of guest kernels behind `volt kernel add|list|rm|default|verify`.

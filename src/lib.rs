@@ -1,0 +1,8 @@
+//! Volt: a small KVM micro virtual machine monitor.
+//!
+//! Threads: one worker per vCPU runs `KVM_RUN` and forwards its I/O exits over a channel to the
+//! single-threaded event loop ([`event_loop`]), which owns every device.
+
+pub mod boot;
+pub mod kernel_store;
+pub mod sandbox;
