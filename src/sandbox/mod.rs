@@ -95,7 +95,10 @@ pub fn lock_down_process(
     }
     if !cfg.landlock {
         log::warn!("Landlock is disabled: the process keeps its full file-system access");
-        return Ok(LandlockReport::disabled());
+        return Ok(LandlockReport {
+            no_new_privs: true,
+            ..LandlockReport::disabled()
+        });
     }
     let report = restrict_filesystem(allowed)?;
     match report.enforcement {

@@ -156,8 +156,12 @@ const fn allow_if(name: &'static str, nr: i64, rule: ArgRule, why: &'static str)
 pub const KVM_RUN: u64 = 0xAE80;
 /// `_IOW('T', 208, unsigned int)`.
 pub const TUNSETOFFLOAD: u64 = 0x4004_54D0;
+// libc's `Ioctl` is c_ulong on glibc but c_int on musl, hence the casts.
+#[allow(clippy::unnecessary_cast)]
 pub const TCGETS: u64 = libc::TCGETS as u64;
+#[allow(clippy::unnecessary_cast)]
 pub const TCSETS: u64 = libc::TCSETS as u64;
+#[allow(clippy::unnecessary_cast)]
 pub const TCSETSW: u64 = libc::TCSETSW as u64;
 
 const NO_EXEC: ArgRule = ArgRule::BitsClear {
