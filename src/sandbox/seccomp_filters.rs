@@ -233,6 +233,15 @@ const COMMON: &[AllowedSyscall] = &[
         "stderr logging, eventfd signalling",
     ),
     allow("close", libc::SYS_close, "dropping file descriptors"),
+    allow_if(
+        "fcntl",
+        libc::SYS_fcntl,
+        ArgRule::OneOf {
+            arg: 1,
+            values: &[("F_GETFD", libc::F_GETFD as u64)],
+        },
+        "debug builds of std check an OwnedFd is open before closing it",
+    ),
     allow(
         "restart_syscall",
         libc::SYS_restart_syscall,
