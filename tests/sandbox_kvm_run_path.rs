@@ -7,7 +7,7 @@
 use std::io::Read;
 use std::os::unix::process::ExitStatusExt;
 use std::os::unix::thread::JoinHandleExt;
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
@@ -91,7 +91,7 @@ fn vcpu_thread(
     waker: std::sync::Arc<Waker>,
 ) -> Result<(), String> {
     apply_seccomp(ThreadKind::Vcpu, SeccompMode::Kill).map_err(|e| e.to_string())?;
-    eprintln!("vcpu: filtered, entering KVM_RUN");
+    log::info!("vcpu: filtered, entering KVM_RUN");
     loop {
         let exit = match vcpu.run() {
             Ok(VcpuExit::IoIn(port, data)) => {
@@ -109,7 +109,7 @@ fn vcpu_thread(
         exits.send(exit).map_err(|e| e.to_string())?;
         waker.wake().map_err(|e| format!("wake: {e}"))?;
         if kicked {
-            eprintln!("vcpu: kicked out of KVM_RUN, exiting");
+            log::info!("vcpu: kicked out of KVM_RUN, exiting");
             return Ok(());
         }
     }
@@ -123,7 +123,7 @@ fn event_loop_thread(
     vcpu_thread: libc::pthread_t,
 ) -> Result<u8, String> {
     apply_seccomp(ThreadKind::EventLoop, SeccompMode::Kill).map_err(|e| e.to_string())?;
-    eprintln!("loop: filtered, polling");
+    log::info!("loop: filtered, polling");
     let mut events = Events::with_capacity(8);
     let mut echoed = None;
     let mut kicking = false;
@@ -156,6 +156,10 @@ fn event_loop_thread(
 }
 
 fn child_body() -> Result<(), String> {
+    // Logging as volt's main sets it up: timestamps, colour auto-detection, stderr.
+    env_logger::Builder::new()
+        .filter_level(log::LevelFilter::Info)
+        .init();
     let kvm = Kvm::new().map_err(|e| format!("SKIP-KVM: {e}"))?;
     let (_vm, vcpu) = setup_vcpu(&kvm)?;
     // SAFETY: installing a handler that does nothing; no SA_RESTART so KVM_RUN returns EINTR.
@@ -184,13 +188,49 @@ fn child_body() -> Result<(), String> {
     let mut termios = [0u8; 64];
     // SAFETY: the buffer is bigger than struct termios.
     unsafe { libc::ioctl(2, libc::TCGETS, termios.as_mut_ptr()) };
-    eprintln!("main: both threads joined, guest echoed {echoed:#x}");
+    log::info!("main: both threads joined, guest echoed {echoed:#x}");
     Ok(())
 }
 
-#[test]
-fn filters_survive_the_vcpu_event_loop_run_path() {
-    let name = "filters_survive_the_vcpu_event_loop_run_path";
+/// Where the child's stderr, and so its log, goes: env_logger behaves differently on a terminal
+/// (it checks the terminal on every record), which is how Volt usually runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum LogSink {
+    File,
+    Terminal,
+}
+
+/// A pseudo-terminal pair (master, slave).
+fn open_pty() -> std::io::Result<(std::fs::File, std::fs::File)> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: standard posix_openpt sequence; every descriptor is owned by a File at once.
+    unsafe {
+        let master = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
+        if master < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let master_file = std::fs::File::from_raw_fd(master);
+        if libc::grantpt(master) != 0 || libc::unlockpt(master) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut name = [0 as libc::c_char; 128];
+        if libc::ptsname_r(master, name.as_mut_ptr(), name.len()) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let slave = libc::open(
+            name.as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        );
+        if slave < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok((master_file, std::fs::File::from_raw_fd(slave)))
+    }
+}
+
+/// Runs the run-path child with its log going to `sink`; returns its status and log, or None
+/// (after printing `SKIP:`) when KVM is not usable.
+fn run_path_child(name: &str, sink: LogSink) -> Option<(ExitStatus, String)> {
     if std::env::var(CHILD_ENV).as_deref() == Ok(name) {
         let code = match child_body() {
             Ok(()) => {
@@ -202,8 +242,8 @@ fn filters_survive_the_vcpu_event_loop_run_path() {
                 1
             }
         };
-        // SAFETY: leave without the harness's exit path running under the filters.
-        unsafe { libc::_exit(code) }
+        // The normal exit path (atexit handlers, stdio flush) under the main thread's filter.
+        std::process::exit(code)
     }
     if let Err(e) = std::fs::OpenOptions::new()
         .read(true)
@@ -211,16 +251,36 @@ fn filters_survive_the_vcpu_event_loop_run_path() {
         .open("/dev/kvm")
     {
         eprintln!("SKIP: /dev/kvm unusable: {e}");
-        return;
+        return None;
     }
-    let mut log = tempfile::tempfile().unwrap();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([name, "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, name)
-        .stdout(Stdio::null())
-        .stderr(log.try_clone().unwrap())
-        .spawn()
-        .unwrap();
+    let mut log_file = tempfile::tempfile().unwrap();
+    let mut pty_reader = None;
+    let stderr = match sink {
+        LogSink::File => Stdio::from(log_file.try_clone().unwrap()),
+        LogSink::Terminal => {
+            let (mut master, slave) = open_pty().expect("open a pseudo-terminal");
+            // Drain the terminal while the child writes; EIO once the child has exited.
+            pty_reader = Some(std::thread::spawn(move || {
+                let mut bytes = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while let Ok(n @ 1..) = master.read(&mut chunk) {
+                    bytes.extend_from_slice(&chunk[..n]);
+                }
+                String::from_utf8_lossy(&bytes).into_owned()
+            }));
+            Stdio::from(slave)
+        }
+    };
+    let mut child = {
+        // Dropped right after spawning so the parent keeps no copy of the terminal's slave.
+        let mut command = Command::new(std::env::current_exe().unwrap());
+        command
+            .args([name, "--exact", "--nocapture", "--test-threads=1"])
+            .env(CHILD_ENV, name)
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        command.spawn().unwrap()
+    };
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -233,19 +293,49 @@ fn filters_survive_the_vcpu_event_loop_run_path() {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    let mut stderr = String::new();
-    std::io::Seek::rewind(&mut log).unwrap();
-    log.read_to_string(&mut stderr).unwrap();
-    eprintln!("--- child: {status:?}\n{stderr}");
-    if stderr.contains("SKIP-KVM") {
+    let log = match pty_reader {
+        Some(reader) => reader.join().unwrap(),
+        None => {
+            let mut text = String::new();
+            std::io::Seek::rewind(&mut log_file).unwrap();
+            log_file.read_to_string(&mut text).unwrap();
+            text
+        }
+    };
+    eprintln!("--- child: {status:?}\n{log}");
+    if log.contains("SKIP-KVM") {
         eprintln!("SKIP: KVM cannot create a VM here");
-        return;
+        return None;
     }
+    Some((status, log))
+}
+
+fn assert_run_path_survived(name: &str, sink: LogSink) {
+    let Some((status, log)) = run_path_child(name, sink) else {
+        return;
+    };
     assert_ne!(
         status.signal(),
         Some(libc::SIGSYS),
-        "a thread made a call its seccomp list lacks: {stderr}"
+        "a thread made a call its seccomp list lacks: {log}"
     );
-    assert_eq!(status.code(), Some(0), "child failed: {stderr}");
-    assert!(stderr.contains("CHILD OK"), "{stderr}");
+    assert_eq!(status.code(), Some(0), "child failed: {log}");
+    assert!(log.contains("CHILD OK"), "{log}");
+    assert!(log.contains("guest echoed 0x5a"), "{log}");
+}
+
+#[test]
+fn filters_survive_the_run_path_logging_to_a_file() {
+    assert_run_path_survived(
+        "filters_survive_the_run_path_logging_to_a_file",
+        LogSink::File,
+    );
+}
+
+#[test]
+fn filters_survive_the_run_path_logging_to_a_terminal() {
+    assert_run_path_survived(
+        "filters_survive_the_run_path_logging_to_a_terminal",
+        LogSink::Terminal,
+    );
 }

@@ -212,7 +212,9 @@ fn vcpu_filter_errno_mode_allows_only_the_vcpu_calls() {
         }
 
         // Refused with EPERM.
-        fails_with("ioctl TCGETS", ioctl(rd, libc::TCGETS), libc::EPERM)?;
+        fails_with("ioctl TCGETS", ioctl(rd, libc::TCGETS), libc::ENOTTY)?;
+        fails_with("ioctl TCSETS", ioctl(rd, libc::TCSETS), libc::EPERM)?;
+        fails_with("ioctl TUNSETOFFLOAD", ioctl(rd, TUNSETOFFLOAD), libc::EPERM)?;
         fails_with("read", read_fd(rd, &mut [0u8; 1]), libc::EPERM)?;
         fails_with("openat", open_read("/etc/hostname"), libc::EPERM)?;
         fails_with("socket", socket(), libc::EPERM)?;
@@ -250,8 +252,8 @@ fn vcpu_filter_kill_mode_kills_on_a_foreign_ioctl() {
         let (rd, _wr) = pipe()?;
         install(ThreadKind::Vcpu, SeccompMode::Kill)?;
         fails_with("ioctl KVM_RUN on a pipe", ioctl(rd, KVM_RUN), libc::ENOTTY)?;
-        eprintln!("KVM_RUN PASSED THE FILTER, now TCGETS");
-        ioctl(rd, libc::TCGETS);
+        eprintln!("KVM_RUN PASSED THE FILTER, now TCSETS");
+        ioctl(rd, libc::TCSETS);
         eprintln!("SURVIVED");
         Ok(())
     });

@@ -257,9 +257,9 @@ const VCPU: &[AllowedSyscall] = &[allow_if(
     libc::SYS_ioctl,
     ArgRule::OneOf {
         arg: 1,
-        values: &[("KVM_RUN", KVM_RUN)],
+        values: &[("KVM_RUN", KVM_RUN), ("TCGETS", TCGETS)],
     },
-    "run the guest",
+    "run the guest; env_logger asks whether stderr is a terminal on every record",
 )];
 
 /// The event loop moves bytes between devices and their host back-ends.
