@@ -1,7 +1,7 @@
 //! The seccomp allow-lists against Volt's real run-time shape, in Kill mode: a vCPU thread runs
 //! `KVM_RUN` on a real-mode guest and forwards its port I/O over a crossbeam channel, waking a
 //! mio event loop through a `Waker`; the loop answers, then kicks the vCPU out of `KVM_RUN` with a
-//! signal; the main thread joins both. Any call missing from a list kills the child with SIGSYS.
+//! signal; the main thread joins both. Landlock is in force too, as in Volt. Any call missing from a list kills the child with SIGSYS.
 //! Runs in a re-executed copy of this test binary; prints `SKIP:` without usable /dev/kvm.
 
 use std::io::Read;
@@ -15,7 +15,9 @@ use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd};
 use mio::{Events, Poll, Token, Waker};
 
-use volt::sandbox::{apply_seccomp, SeccompMode, ThreadKind};
+use volt::sandbox::{
+    apply_seccomp, close_inherited_fds, lock_down_process, SandboxConfig, SeccompMode, ThreadKind,
+};
 
 const CHILD_ENV: &str = "VOLT_SANDBOX_TEST_CHILD";
 const GUEST_MEM: usize = 0x10000;
@@ -160,8 +162,14 @@ fn child_body() -> Result<(), String> {
     env_logger::Builder::new()
         .filter_level(log::LevelFilter::Info)
         .init();
+    // Volt's start-up order: drop inherited fds, open everything, lock the process down, spawn.
+    close_inherited_fds().map_err(|e| e.to_string())?;
     let kvm = Kvm::new().map_err(|e| format!("SKIP-KVM: {e}"))?;
     let (_vm, vcpu) = setup_vcpu(&kvm)?;
+    let report = lock_down_process(&SandboxConfig::default(), &[]).map_err(|e| e.to_string())?;
+    if !report.no_new_privs {
+        return Err(format!("no_new_privs missing: {report:?}"));
+    }
     // SAFETY: installing a handler that does nothing; no SA_RESTART so KVM_RUN returns EINTR.
     unsafe {
         let mut action: libc::sigaction = std::mem::zeroed();
