@@ -9,6 +9,9 @@
 //! 4. each thread calls [`apply_seccomp`] with its own [`ThreadKind`] once its set-up is done
 //!    (vCPU threads after their registers are set, the event loop before its first poll, the
 //!    main thread after spawning the others).
+//!
+//! no_new_privs, Landlock and seccomp are all per thread and inherited by threads spawned later:
+//! a thread spawned before [`lock_down_process`] escapes Landlock, hence step 3 before any spawn.
 
 mod fs_landlock;
 mod process;
