@@ -4,5 +4,10 @@
 //! single-threaded event loop ([`event_loop`]), which owns every device.
 
 pub mod boot;
+pub mod clock;
+pub mod device_manager;
+pub mod event_loop;
 pub mod kernel_store;
 pub mod sandbox;
+pub mod vcpu;
+pub mod vm;
