@@ -164,6 +164,11 @@ impl DriverQueue {
         mem.write_obj(idx, GuestAddress(addr)).unwrap();
     }
 
+    /// EVENT_IDX as Linux uses it: interrupt on the next completion after what was seen.
+    pub fn arm_used_event(&self, mem: &GuestMemoryMmap) {
+        self.set_used_event(mem, self.last_used);
+    }
+
     /// How many used elements have not been popped yet.
     pub fn pending_used(&self, mem: &GuestMemoryMmap) -> u16 {
         self.used_idx(mem).wrapping_sub(self.last_used)
@@ -443,6 +448,15 @@ impl PacketSocket {
             return Err(io::Error::last_os_error());
         }
         Ok(())
+    }
+
+    /// Discards every frame queued on the socket.
+    pub fn drain(&self) {
+        let mut buf = vec![0u8; 65536];
+        // SAFETY: buf is a valid writable buffer of its length.
+        while unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) } > 0
+        {
+        }
     }
 
     /// Waits up to `timeout` for a frame accepted by `matches`; ignores other frames.
