@@ -285,3 +285,31 @@ fn reset_then_reinit_still_passes_traffic() {
         .recv_matching(Duration::from_secs(2), |f| f == frame.as_slice())
         .is_some());
 }
+
+#[test]
+fn a_tap_already_in_use_is_a_clear_error() {
+    let Some(tap) = test_tap("u") else { return };
+    let _first = Net::new(&tap.name, None).unwrap();
+    let err = Net::new(&tap.name, None)
+        .err()
+        .expect("second attach refused");
+    let msg = err.to_string();
+    assert!(msg.contains(&tap.name), "{msg}");
+    assert!(msg.contains("cannot attach"), "{msg}");
+}
+
+#[test]
+fn an_interface_that_is_not_a_tap_is_refused() {
+    if !std::path::Path::new("/dev/net/tun").exists() {
+        eprintln!("SKIP: /dev/net/tun does not exist");
+        return;
+    }
+    let err = Net::new("lo", None).err().expect("lo is not a tap");
+    let msg = err.to_string();
+    assert!(msg.contains("cannot attach to tap interface lo"), "{msg}");
+    let err = Net::new("bad/name", None).err().unwrap();
+    assert!(
+        err.to_string().contains("invalid tap interface name"),
+        "{err}"
+    );
+}
