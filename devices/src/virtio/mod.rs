@@ -3,6 +3,14 @@
 //! [`MmioTransport`] speaks the virtio-mmio register protocol (virtio 1.x, version 2) to the
 //! guest driver and owns the virtqueues; a [`VirtioDevice`] (block, net) implements the
 //! device-specific part. Both live on the VMM's single event-loop thread.
+//!
+//! Wiring in the VMM: route MMIO accesses in the device's window to
+//! [`crate::BusDevice`]; register each of [`MmioTransport::queue_events`] as a KVM ioeventfd
+//! at window base + 0x50 with datamatch = queue index and with the loop, calling
+//! [`MmioTransport::handle_queue_event`] when one is readable; watch
+//! [`MmioTransport::event_sources`] (READABLE | WRITABLE, edge-triggered) and call
+//! [`MmioTransport::handle_event_source`]; the `irq_evt` given to [`MmioTransport::new`] is
+//! the KVM irqfd of the device's interrupt line.
 
 mod block;
 mod mmio;
@@ -53,7 +61,9 @@ pub struct QueueContext<'a> {
 ///
 /// Every method that processes work returns `true` when it added used buffers to any queue:
 /// the transport then asks each queue whether the driver wants an interrupt (EVENT_IDX).
-pub trait VirtioDevice {
+/// `Send` so a device can be built on one thread and handed to the event-loop thread; it is
+/// never shared.
+pub trait VirtioDevice: Send {
     /// Virtio device id (`VIRTIO_ID_BLOCK`, `VIRTIO_ID_NET`, ...).
     fn device_type(&self) -> u32;
     /// Maximum size of each queue; its length is the number of queues.
