@@ -134,23 +134,36 @@ fn bench_net() {
             return;
         }
     };
-    let host = PacketSocket::bind(tap.ifindex).expect("packet socket on the tap");
+    // The release profile aborts on panic, which would leak the tap: report errors instead.
+    if let Err(e) = run_net(&tap) {
+        println!("net bench failed: {e}");
+    }
+}
+
+fn run_net(tap: &TestTap) -> Result<(), String> {
+    let host = PacketSocket::bind(tap.ifindex).map_err(|e| format!("packet socket: {e}"))?;
     let mac = [0x02, 0, 0, 0, 0, 0x42];
-    let net = Net::new(&tap.name, Some(mac)).unwrap();
+    let net = Net::new(&tap.name, Some(mac)).map_err(|e| e.to_string())?;
     let mut driver = Driver::new(Box::new(net));
     driver.init(F_VERSION_1 | F_EVENT_IDX | (1 << 5), 2, 256);
 
     for size in [64usize, 1500] {
-        net_tx(&mut driver, &host, mac, size);
+        net_tx(&mut driver, &host, mac, size)?;
     }
     for size in [64usize, 1500] {
-        net_rx(&mut driver, &host, size);
+        net_rx(&mut driver, &host, size)?;
     }
+    Ok(())
 }
 
 /// Guest TX: latency from the kick to the frame arriving on the host side of the tap, and
 /// throughput with 64-frame batches per kick (measured at the device).
-fn net_tx(driver: &mut Driver, host: &PacketSocket, mac: [u8; 6], size: usize) {
+fn net_tx(
+    driver: &mut Driver,
+    host: &PacketSocket,
+    mac: [u8; 6],
+    size: usize,
+) -> Result<(), String> {
     let tx_buf = DATA_START + 0x20_0000;
     // Frames from an earlier run would fill the socket buffer and get ours dropped.
     host.drain();
@@ -169,7 +182,7 @@ fn net_tx(driver: &mut Driver, host: &PacketSocket, mac: [u8; 6], size: usize) {
         host.recv_matching(Duration::from_secs(1), |f| {
             f.len() > 40 && f[14..].starts_with(payload.as_bytes())
         })
-        .expect("TX frame reached the host");
+        .ok_or_else(|| format!("TX frame {seq} did not reach the host"))?;
         latency.samples.push(start.elapsed());
         while driver.pop_used(1).is_some() {}
         driver.take_irq();
@@ -203,11 +216,12 @@ fn net_tx(driver: &mut Driver, host: &PacketSocket, mac: [u8; 6], size: usize) {
         sent as f64 / elapsed,
         sent as f64 * size as f64 / elapsed / (1 << 20) as f64
     );
+    Ok(())
 }
 
 /// Guest RX: latency from the host sending a frame to it being in a guest buffer (tap
 /// readable -> handle_event_source), and throughput with 64-frame bursts.
-fn net_rx(driver: &mut Driver, host: &PacketSocket, size: usize) {
+fn net_rx(driver: &mut Driver, host: &PacketSocket, size: usize) -> Result<(), String> {
     let rx_buf = DATA_START;
     let mut posted = 0u64;
     let mut post = |driver: &mut Driver, count: u64| {
@@ -227,9 +241,12 @@ fn net_rx(driver: &mut Driver, host: &PacketSocket, size: usize) {
         let mut frame = test_frame([0x02, 0, 0, 0, 0, 0x43], format!("rx{seq}").as_bytes());
         frame.resize(size.max(frame.len()), 0);
         let start = Instant::now();
-        host.send(&frame).unwrap();
+        host.send(&frame).map_err(|e| format!("host send: {e}"))?;
         let mut received = 0;
         while received == 0 {
+            if start.elapsed() > Duration::from_secs(2) {
+                return Err(format!("RX frame {seq} never reached the guest"));
+            }
             wait_readable(tap_fd, Duration::from_secs(1));
             driver.transport.handle_event_source(0);
             while driver.pop_used(0).is_some() {
@@ -250,7 +267,7 @@ fn net_rx(driver: &mut Driver, host: &PacketSocket, size: usize) {
     let mut received = 0;
     while received < NET_OPS {
         for _ in 0..64 {
-            host.send(&frame).unwrap();
+            host.send(&frame).map_err(|e| format!("host send: {e}"))?;
         }
         let mut batch = 0;
         let deadline = Instant::now() + Duration::from_secs(1);
@@ -274,4 +291,5 @@ fn net_rx(driver: &mut Driver, host: &PacketSocket, size: usize) {
         received as f64 / elapsed,
         received as f64 * size as f64 / elapsed / (1 << 20) as f64
     );
+    Ok(())
 }
