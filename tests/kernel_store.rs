@@ -11,8 +11,8 @@ use clap::{CommandFactory, Parser};
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 use volt::kernel_store::{
-    resolve_kernel, run_kernel_command, AddOptions, KernelArgs, KernelFormat, KernelStore,
-    KernelStoreError,
+    resolve_kernel, resolve_kernel_file, run_kernel_command, AddOptions, KernelArgs, KernelFormat,
+    KernelStore, KernelStoreError,
 };
 
 /// A fake vmlinux: an ELF64 little-endian x86-64 executable header, filler derived from
@@ -394,6 +394,15 @@ fn bad_inputs_are_named_errors_and_leave_no_trace() {
     let err = f.store.add(&arm, AddOptions::default()).unwrap_err();
     assert!(err.to_string().contains("x86-64"), "{err}");
 
+    // A real x86-64 program is ELF64 too, but not an ET_EXEC vmlinux (PIE is ET_DYN).
+    let ls = Path::new("/bin/ls");
+    if ls.is_file() {
+        let err = f.store.add(ls, AddOptions::default()).unwrap_err();
+        assert!(matches!(err, KernelStoreError::NotAKernel { .. }), "{err}");
+    } else {
+        eprintln!("SKIP: /bin/ls not present for the real-ELF rejection check");
+    }
+
     let err = f.store.add(&f.sources, AddOptions::default()).unwrap_err();
     assert!(err.to_string().contains("not a regular file"), "{err}");
 
@@ -433,6 +442,13 @@ fn resolution_order() {
     let k1 = f.store.resolve(Some("k1")).unwrap();
     assert_eq!(fs::read(&k1).unwrap(), elf);
     assert!(k1.starts_with(f.store.dir()));
+
+    // The opened variant hands back the verified file itself, rewound.
+    let mut opened = resolve_kernel_file(Some("k1"), &f.store).unwrap();
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut opened.file, &mut bytes).unwrap();
+    assert_eq!(bytes, elf);
+    assert_eq!(opened.entry.unwrap().name, "k1");
 
     // No --kernel: the default.
     f.store.set_default("k2").unwrap();

@@ -170,11 +170,6 @@ pub fn hash_stream(reader: &mut impl Read, mut sink: Option<&mut File>) -> io::R
     })
 }
 
-/// Hashes the file at `path`.
-pub fn hash_file(path: &Path) -> io::Result<Digested> {
-    hash_stream(&mut File::open(path)?, None)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

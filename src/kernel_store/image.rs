@@ -52,6 +52,7 @@ pub const HEADER_LEN: usize = 0x210;
 const ELF_MAGIC: &[u8; 4] = b"\x7fELF";
 const ELFCLASS64: u8 = 2;
 const ELFDATA2LSB: u8 = 1;
+const ET_EXEC: u16 = 2;
 const EM_X86_64: u16 = 62;
 
 // x86 boot protocol (Documentation/arch/x86/boot.rst): offsets in the first sector.
@@ -87,6 +88,13 @@ pub fn detect_format(header: &[u8]) -> Result<KernelFormat, String> {
         if machine != EM_X86_64 {
             return Err(format!(
                 "ELF for machine {machine}; expected x86-64 (e_machine {EM_X86_64})"
+            ));
+        }
+        // A vmlinux is a fixed-address executable; this also rejects PIE programs and objects.
+        let elf_type = le16(header, 16);
+        if elf_type != ET_EXEC {
+            return Err(format!(
+                "ELF type {elf_type} is not an executable (a vmlinux is ET_EXEC, {ET_EXEC})"
             ));
         }
         return Ok(KernelFormat::Elf);
@@ -220,6 +228,7 @@ mod tests {
         h[..4].copy_from_slice(ELF_MAGIC);
         h[4] = class;
         h[5] = data;
+        h[16..18].copy_from_slice(&ET_EXEC.to_le_bytes());
         h[18..20].copy_from_slice(&machine.to_le_bytes());
         h
     }
@@ -252,6 +261,10 @@ mod tests {
         assert!(err.contains("big-endian"), "{err}");
         let err = detect_format(&elf_header(2, 1, 183)).unwrap_err();
         assert!(err.contains("machine 183"), "{err}");
+        let mut shared_object = elf_header(2, 1, 62);
+        shared_object[16] = 3; // ET_DYN, e.g. a PIE program such as /bin/ls
+        let err = detect_format(&shared_object).unwrap_err();
+        assert!(err.contains("not an executable"), "{err}");
         let err = detect_format(&ELF_MAGIC[..]).unwrap_err();
         assert!(err.contains("truncated"), "{err}");
     }

@@ -20,7 +20,7 @@ mod time;
 use std::env;
 use std::ffi::OsString;
 use std::fs::{self, File};
-use std::io;
+use std::io::{self, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -29,7 +29,7 @@ pub use error::KernelStoreError;
 pub use image::{detect_format, ImageInfo, KernelFormat};
 pub use metadata::{KernelEntry, StoreMetadata};
 
-use durable::{hash_file, hash_stream, StoreLock, TempFile};
+use durable::{hash_stream, StoreLock, TempFile};
 
 /// Environment variable naming the store directory (overridden by `--store`).
 pub const STORE_ENV: &str = "VOLT_KERNEL_STORE";
@@ -389,25 +389,40 @@ impl KernelStore {
         Ok(self.load()?.default)
     }
 
-    fn check(&self, entry: &KernelEntry) -> VerifyReport {
+    /// Hashes the image of `entry` through one open file, returned (rewound) when it matches.
+    fn check(&self, entry: &KernelEntry) -> (VerifyReport, Option<File>) {
         let path = self.image_path(entry);
-        let status = match hash_file(&path) {
-            Ok(d) if d.sha256 == entry.sha256 && d.size == entry.size => VerifyStatus::Ok,
-            Ok(d) => VerifyStatus::Corrupt {
-                actual_sha256: d.sha256,
-                actual_size: d.size,
-            },
-            Err(e) if e.kind() == io::ErrorKind::NotFound => VerifyStatus::Missing,
-            Err(e) => VerifyStatus::Unreadable {
-                error: e.to_string(),
-            },
+        let hashed = File::open(&path).and_then(|mut file| {
+            let digest = hash_stream(&mut file, None)?;
+            file.seek(SeekFrom::Start(0))?;
+            Ok((digest, file))
+        });
+        let (status, file) = match hashed {
+            Ok((d, file)) if d.sha256 == entry.sha256 && d.size == entry.size => {
+                (VerifyStatus::Ok, Some(file))
+            }
+            Ok((d, _)) => (
+                VerifyStatus::Corrupt {
+                    actual_sha256: d.sha256,
+                    actual_size: d.size,
+                },
+                None,
+            ),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => (VerifyStatus::Missing, None),
+            Err(e) => (
+                VerifyStatus::Unreadable {
+                    error: e.to_string(),
+                },
+                None,
+            ),
         };
-        VerifyReport {
+        let report = VerifyReport {
             name: entry.name.clone(),
             path,
             expected_sha256: entry.sha256.clone(),
             status,
-        }
+        };
+        (report, file)
     }
 
     /// Re-hashes `name` (or every kernel) against the recorded SHA-256.
@@ -417,24 +432,38 @@ impl KernelStore {
         match name {
             Some(name) => {
                 let entry = meta.get(name).ok_or_else(|| self.unknown(name))?;
-                Ok(vec![self.check(entry)])
+                Ok(vec![self.check(entry).0])
             }
-            None => Ok(meta.kernels.iter().map(|e| self.check(e)).collect()),
+            None => Ok(meta.kernels.iter().map(|e| self.check(e).0).collect()),
         }
     }
 
     /// The image path of `name` after checking its SHA-256; corrupt or missing images are
     /// refused.
     pub fn verified_path(&self, name: &str) -> Result<PathBuf, KernelStoreError> {
+        self.open_verified(name).map(|kernel| kernel.path)
+    }
+
+    /// Opens the image of `name` and checks its SHA-256 through that same open file, so the
+    /// bytes the caller reads are the bytes that were verified (images are only ever replaced
+    /// by rename, never rewritten in place).
+    pub fn open_verified(&self, name: &str) -> Result<ResolvedKernel, KernelStoreError> {
         let _lock = self.lock_for_reading();
         let entry = self.get(name)?;
-        let report = self.check(&entry);
-        match report.status {
-            VerifyStatus::Ok => Ok(report.path),
-            VerifyStatus::Corrupt {
-                actual_sha256,
-                actual_size,
-            } => Err(KernelStoreError::Corrupt {
+        let (report, file) = self.check(&entry);
+        match (report.status, file) {
+            (VerifyStatus::Ok, Some(file)) => Ok(ResolvedKernel {
+                path: report.path,
+                file,
+                entry: Some(entry),
+            }),
+            (
+                VerifyStatus::Corrupt {
+                    actual_sha256,
+                    actual_size,
+                },
+                _,
+            ) => Err(KernelStoreError::Corrupt {
                 name: entry.name,
                 path: report.path,
                 expected: entry.sha256,
@@ -442,15 +471,16 @@ impl KernelStore {
                 expected_size: entry.size,
                 actual_size,
             }),
-            VerifyStatus::Missing => Err(KernelStoreError::MissingImage {
+            (VerifyStatus::Missing, _) => Err(KernelStoreError::MissingImage {
                 name: entry.name,
                 path: report.path,
             }),
-            VerifyStatus::Unreadable { error } => Err(KernelStoreError::UnreadableImage {
+            (VerifyStatus::Unreadable { error }, _) => Err(KernelStoreError::UnreadableImage {
                 name: entry.name,
                 path: report.path,
                 error,
             }),
+            (VerifyStatus::Ok, None) => unreachable!("a verified image always comes with its file"),
         }
     }
 
@@ -460,23 +490,47 @@ impl KernelStore {
     }
 }
 
+/// A kernel chosen by `--kernel` (or the default), opened for loading.
+#[derive(Debug)]
+pub struct ResolvedKernel {
+    pub path: PathBuf,
+    /// Open at offset 0; for store kernels, the very file whose SHA-256 was checked.
+    pub file: File,
+    /// The store record, when the kernel came from the store.
+    pub entry: Option<KernelEntry>,
+}
+
 /// Turns a `--kernel` value into an image path to boot.
 ///
 /// - A value containing '/' or naming an existing file is a path and is returned as is.
 /// - Otherwise it is a store name, whose image is verified (SHA-256) before it is returned.
 /// - Without `--kernel`, the store's default kernel is used, verified the same way.
 pub fn resolve_kernel(arg: Option<&str>, store: &KernelStore) -> Result<PathBuf, KernelStoreError> {
+    resolve_kernel_file(arg, store).map(|kernel| kernel.path)
+}
+
+/// Like [`resolve_kernel`], but also hands back the opened image; loading from this file
+/// rather than reopening the path closes the window between verification and use.
+pub fn resolve_kernel_file(
+    arg: Option<&str>,
+    store: &KernelStore,
+) -> Result<ResolvedKernel, KernelStoreError> {
     let Some(arg) = arg else {
         let name = store
             .default()?
             .ok_or_else(|| KernelStoreError::NoDefaultKernel {
                 store: store.dir.clone(),
             })?;
-        return store.verified_path(&name);
+        return store.open_verified(&name);
     };
     let path = Path::new(arg);
     if path.is_file() {
-        return Ok(path.to_path_buf());
+        let file = File::open(path).map_err(KernelStoreError::io("cannot open", path))?;
+        return Ok(ResolvedKernel {
+            path: path.to_path_buf(),
+            file,
+            entry: None,
+        });
     }
     if arg.contains('/') {
         return Err(if path.exists() {
@@ -497,7 +551,7 @@ pub fn resolve_kernel(arg: Option<&str>, store: &KernelStore) -> Result<PathBuf,
     if validate_name(arg).is_err() {
         return Err(unresolved());
     }
-    match store.verified_path(arg) {
+    match store.open_verified(arg) {
         Err(KernelStoreError::UnknownKernel { .. }) => Err(unresolved()),
         other => other,
     }
