@@ -652,3 +652,52 @@ fn concurrent_adds_from_processes_all_land() {
     let reports = f.store.verify(None).unwrap();
     assert!(reports.iter().all(|r| r.is_ok()), "{reports:?}");
 }
+
+/// Real kernels named in `VOLT_TEST_KERNELS` (colon-separated paths), e.g. a distro bzImage
+/// and a built vmlinux: format, version and hash must come out right.
+#[test]
+fn real_kernel_images() {
+    let Ok(list) = std::env::var("VOLT_TEST_KERNELS") else {
+        eprintln!("SKIP: set VOLT_TEST_KERNELS=/path/bzImage:/path/vmlinux to check real kernels");
+        return;
+    };
+    let f = Fixture::new();
+    for path in list.split(':').filter(|p| !p.is_empty()).map(Path::new) {
+        let started = std::time::Instant::now();
+        let entry = f
+            .store
+            .add(
+                path,
+                AddOptions {
+                    force: true,
+                    ..AddOptions::default()
+                },
+            )
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let elapsed = started.elapsed();
+        let bytes = fs::read(path).unwrap();
+        let expected_format = if bytes.starts_with(b"\x7fELF") {
+            KernelFormat::Elf
+        } else {
+            KernelFormat::BzImage
+        };
+        assert_eq!(entry.format, expected_format, "{}", path.display());
+        assert_eq!(entry.sha256, sha256_hex(&bytes));
+        let version = entry
+            .version_string
+            .as_deref()
+            .expect("a real kernel has a version");
+        assert!(version.contains('#'), "{version}");
+        eprintln!(
+            "{}: {} {} ({} bytes) as `{}`, added in {elapsed:?}",
+            path.display(),
+            entry.format,
+            version,
+            entry.size,
+            entry.name
+        );
+        let started = std::time::Instant::now();
+        resolve_kernel(Some(&entry.name), &f.store).unwrap();
+        eprintln!("  verified resolve in {:?}", started.elapsed());
+    }
+}

@@ -184,9 +184,22 @@ fn find_subslice(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
+/// Whether a banner carries a build number (`#1 SMP ...`).
+fn has_build_number(version: &str) -> bool {
+    version
+        .split('#')
+        .skip(1)
+        .any(|after| after.starts_with(|c: char| c.is_ascii_digit()))
+}
+
 /// Scans a vmlinux for `Linux version <release> ...` (the kernel's `linux_banner`), reading in
 /// chunks so a 50 MiB image is never held in memory.
+///
+/// Since 6.1 a vmlinux holds two banners: a placeholder from init/version.c without build
+/// number (`... # SMP`) and the real one from init/version-timestamp.c (`... #1 SMP <date>`).
+/// The first banner with a build number wins; otherwise the first banner found.
 pub fn find_elf_banner(reader: &mut impl Read) -> io::Result<Option<String>> {
+    let mut first_found = None;
     let mut window: Vec<u8> = Vec::new();
     let mut chunk = vec![0u8; 256 * 1024];
     loop {
@@ -208,12 +221,15 @@ pub fn find_elf_banner(reader: &mut impl Read) -> io::Result<Option<String>> {
                 break;
             }
             if let Some(version) = version_from_bytes(&text[..terminator.unwrap_or(text.len())]) {
-                return Ok(Some(version));
+                if has_build_number(&version) {
+                    return Ok(Some(version));
+                }
+                first_found.get_or_insert(version);
             }
             search_from = marker_at + 1;
         }
         if at_eof {
-            return Ok(None);
+            return Ok(first_found);
         }
         window.drain(..keep_from);
     }
@@ -316,6 +332,28 @@ mod tests {
             let found = find_elf_banner(&mut io::Cursor::new(data)).unwrap();
             assert_eq!(found.as_deref(), Some("5.10.1 #1"), "shift {shift}");
         }
+    }
+
+    #[test]
+    fn prefers_the_banner_with_a_build_number() {
+        // The layout of a real 6.1 vmlinux: placeholder banner first, real one later.
+        let mut data = vec![0u8; 700_000];
+        let placeholder = b"Linux version 6.1.192 (root@vm) (gcc 12.2.0) # SMP \n\0";
+        data[100..100 + placeholder.len()].copy_from_slice(placeholder);
+        let real = b"Linux version 6.1.192 (root@vm) (gcc 12.2.0) #1 SMP Wed Nov 25\n\0";
+        data[600_000..600_000 + real.len()].copy_from_slice(real);
+        let found = find_elf_banner(&mut io::Cursor::new(data.clone())).unwrap();
+        assert_eq!(
+            found.as_deref(),
+            Some("6.1.192 (root@vm) (gcc 12.2.0) #1 SMP Wed Nov 25")
+        );
+        // Without the real one, the placeholder is still a version.
+        data[600_000..600_000 + real.len()].fill(0);
+        let found = find_elf_banner(&mut io::Cursor::new(data)).unwrap();
+        assert_eq!(
+            found.as_deref(),
+            Some("6.1.192 (root@vm) (gcc 12.2.0) # SMP")
+        );
     }
 
     #[test]
