@@ -143,7 +143,7 @@ fn add_records_format_version_size_hash_and_date() {
     let f = Fixture::new();
     let elf = fake_elf("6.1.0-test", 1);
     let bz = fake_bzimage("6.6.7-volt (me@box) #3 SMP Tue Jan 1\0", 2);
-    f.add("vmlinux-test", &elf, None);
+    let elf_source = f.add("vmlinux-test", &elf, None);
     f.add("bzImage", &bz, Some("small"));
 
     let kernels = f.store.list().unwrap();
@@ -160,6 +160,8 @@ fn add_records_format_version_size_hash_and_date() {
     assert_eq!(e.size, elf.len() as u64);
     assert_eq!(e.sha256, sha256_hex(&elf));
     assert_eq!(fs::read(f.store.image_path(e)).unwrap(), elf);
+    let canonical_source = fs::canonicalize(&elf_source).unwrap();
+    assert_eq!(Path::new(&e.source), canonical_source);
 
     let b = &kernels[0];
     assert_eq!(b.format, KernelFormat::BzImage);

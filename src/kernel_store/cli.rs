@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::{AddOptions, KernelEntry, KernelStore, KernelStoreError, VerifyStatus};
 
 /// Arguments of `volt kernel`.
-#[derive(Debug, clap::Args)]
+#[derive(Clone, Debug, clap::Args)]
 pub struct KernelArgs {
     /// Kernel store directory [default: $VOLT_KERNEL_STORE, else $XDG_DATA_HOME/volt/kernels,
     /// else ~/.local/share/volt/kernels]
@@ -20,7 +20,7 @@ pub struct KernelArgs {
 }
 
 /// The `volt kernel` subcommands.
-#[derive(Debug, clap::Subcommand)]
+#[derive(Clone, Debug, clap::Subcommand)]
 pub enum KernelCommand {
     /// Copy a vmlinux (ELF64 x86-64) or bzImage into the store
     Add {

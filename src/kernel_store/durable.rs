@@ -6,7 +6,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 
@@ -118,6 +118,26 @@ impl Drop for TempFile {
     }
 }
 
+/// Deletes this store's temp files in `dir` older than `age` (left behind by a crash).
+/// Best effort: a failure here must not fail the operation that triggered the sweep.
+pub fn remove_stale_temp_files(dir: &Path, age: Duration) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let is_temp = entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX);
+        let is_stale = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|modified| modified.elapsed().ok())
+            .is_some_and(|elapsed| elapsed > age);
+        if is_temp && is_stale {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// fsyncs the directory holding `path`, making a rename or unlink in it durable.
 pub fn sync_parent_dir(path: &Path) -> Result<(), KernelStoreError> {
     let dir = path.parent().unwrap_or(Path::new("."));
@@ -196,6 +216,26 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("meta.json")]);
+    }
+
+    #[test]
+    fn only_stale_temp_files_are_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let old_temp = dir.path().join(format!("{TEMP_PREFIX}old"));
+        let fresh_temp = dir.path().join(format!("{TEMP_PREFIX}fresh"));
+        let old_image = dir.path().join("kernel-0123");
+        let two_hours_ago = SystemTime::now() - Duration::from_secs(7200);
+        for path in [&old_temp, &fresh_temp, &old_image] {
+            File::create(path).unwrap();
+        }
+        for path in [&old_temp, &old_image] {
+            let file = OpenOptions::new().write(true).open(path).unwrap();
+            file.set_modified(two_hours_ago).unwrap();
+        }
+        remove_stale_temp_files(dir.path(), Duration::from_secs(3600));
+        assert!(!old_temp.exists());
+        assert!(fresh_temp.exists());
+        assert!(old_image.exists(), "only temp files may be swept");
     }
 
     #[test]

@@ -22,7 +22,7 @@ use std::ffi::OsString;
 use std::fs::{self, File};
 use std::io::{self, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 pub use cli::{run_kernel_command, KernelArgs, KernelCommand};
 pub use error::KernelStoreError;
@@ -37,6 +37,8 @@ const METADATA_FILE: &str = "kernels.json";
 const LOCK_FILE: &str = ".lock";
 const IMAGES_DIR: &str = "images";
 const MAX_NAME_LEN: usize = 128;
+/// Temp files this old were left by a crashed `add`; no live add takes an hour to copy.
+const STALE_TEMP_AGE: Duration = Duration::from_secs(3600);
 /// File names too generic to name a kernel when the image tells us its release.
 const GENERIC_FILE_NAMES: &[&str] = &["vmlinux", "vmlinuz", "bzImage", "Image", "kernel"];
 
@@ -303,7 +305,10 @@ impl KernelStore {
             size: digest.size,
             sha256: digest.sha256,
             added: time::rfc3339_utc(SystemTime::now()),
-            source: source.to_string_lossy().into_owned(),
+            source: fs::canonicalize(source)
+                .unwrap_or_else(|_| source.to_path_buf())
+                .to_string_lossy()
+                .into_owned(),
         };
 
         let _lock = self.lock_for_writing()?;
@@ -320,6 +325,8 @@ impl KernelStore {
         if let Some(old) = replaced.filter(|old| old.file != entry.file) {
             self.delete_image(&old)?;
         }
+        durable::remove_stale_temp_files(&images_dir, STALE_TEMP_AGE);
+        durable::remove_stale_temp_files(&self.dir, STALE_TEMP_AGE);
         Ok(entry)
     }
 
