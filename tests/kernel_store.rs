@@ -136,6 +136,25 @@ fn clap_definition_is_consistent() {
     // --store is global, so it also works after the subcommand.
     let cli = TestCli::try_parse_from(["volt", "list", "--store", "/s", "--json"]).unwrap();
     assert_eq!(cli.kernel.store, Some(PathBuf::from("/s")));
+
+    let help = TestCli::command().render_long_help().to_string();
+    for subcommand in ["add", "list", "rm", "default", "verify"] {
+        assert!(
+            help.contains(&format!("  {subcommand} ")),
+            "{subcommand}: {help}"
+        );
+    }
+    // Global arguments reach subcommands when the command is built, as parsing does.
+    let mut command = TestCli::command();
+    command.build();
+    let add_help = command
+        .find_subcommand_mut("add")
+        .unwrap()
+        .render_long_help()
+        .to_string();
+    for flag in ["--name", "--force", "--default", "--store"] {
+        assert!(add_help.contains(flag), "{flag}: {add_help}");
+    }
 }
 
 #[test]
