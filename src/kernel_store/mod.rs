@@ -15,6 +15,8 @@ mod durable;
 mod error;
 mod image;
 mod metadata;
+mod naming;
+mod resolve;
 mod time;
 
 use std::env;
@@ -28,19 +30,19 @@ pub use cli::{run_kernel_command, KernelArgs, KernelCommand};
 pub use error::KernelStoreError;
 pub use image::{detect_format, ImageInfo, KernelFormat};
 pub use metadata::{KernelEntry, StoreMetadata};
+pub use naming::validate_name;
+pub use resolve::{resolve_kernel, resolve_kernel_file, ResolvedKernel};
 
 use durable::{hash_stream, StoreLock, TempFile};
+use naming::derive_name;
 
 /// Environment variable naming the store directory (overridden by `--store`).
 pub const STORE_ENV: &str = "VOLT_KERNEL_STORE";
 const METADATA_FILE: &str = "kernels.json";
 const LOCK_FILE: &str = ".lock";
 const IMAGES_DIR: &str = "images";
-const MAX_NAME_LEN: usize = 128;
 /// Temp files this old were left by a crashed `add`; no live add takes an hour to copy.
 const STALE_TEMP_AGE: Duration = Duration::from_secs(3600);
-/// File names too generic to name a kernel when the image tells us its release.
-const GENERIC_FILE_NAMES: &[&str] = &["vmlinux", "vmlinuz", "bzImage", "Image", "kernel"];
 
 /// Options of [`KernelStore::add`].
 #[derive(Clone, Debug, Default)]
@@ -88,75 +90,6 @@ impl VerifyReport {
     pub fn is_ok(&self) -> bool {
         self.status == VerifyStatus::Ok
     }
-}
-
-/// Checks that `name` can be a store name: `[A-Za-z0-9._-]{1,128}`, not starting with '.'
-/// (which also rules out `.`, `..` and the store's own dot files).
-pub fn validate_name(name: &str) -> Result<(), KernelStoreError> {
-    let reason = if name.is_empty() {
-        Some("it is empty")
-    } else if name.len() > MAX_NAME_LEN {
-        Some("it is longer than 128 characters")
-    } else if name.contains('/') || name.contains('\\') {
-        Some("it contains a path separator")
-    } else if name.starts_with('.') {
-        Some("it may not start with '.'")
-    } else if !name.bytes().all(is_name_byte) {
-        Some("only letters, digits, '.', '_' and '-' are allowed")
-    } else {
-        None
-    };
-    match reason {
-        Some(reason) => Err(KernelStoreError::InvalidName {
-            name: name.to_string(),
-            reason,
-        }),
-        None => Ok(()),
-    }
-}
-
-fn is_name_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')
-}
-
-/// Makes a candidate name valid: disallowed characters become '_', leading dots go.
-fn sanitize_name(raw: &str) -> String {
-    let replaced: String = raw
-        .chars()
-        .map(|c| {
-            if c.is_ascii() && is_name_byte(c as u8) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    let trimmed = replaced.trim_start_matches('.');
-    trimmed.chars().take(MAX_NAME_LEN).collect()
-}
-
-/// The name a kernel gets without `--name`: its file name, unless that is a generic
-/// `vmlinux`/`bzImage`-style name and the image carries a release, which then names it.
-fn derive_name(source: &Path, info: &ImageInfo) -> Result<String, KernelStoreError> {
-    let file_name = source.file_name().map(|f| f.to_string_lossy().into_owned());
-    let is_generic = file_name
-        .as_deref()
-        .is_some_and(|f| GENERIC_FILE_NAMES.contains(&f));
-    let candidates: Vec<&str> = if is_generic {
-        [info.release(), file_name.as_deref()]
-    } else {
-        [file_name.as_deref(), info.release()]
-    }
-    .into_iter()
-    .flatten()
-    .collect();
-    candidates
-        .into_iter()
-        .map(sanitize_name)
-        .find(|name| validate_name(name).is_ok())
-        .ok_or_else(|| KernelStoreError::CannotDeriveName {
-            path: source.to_path_buf(),
-        })
 }
 
 /// Picks the store directory from `VOLT_KERNEL_STORE`, `XDG_DATA_HOME` and `HOME`, in that
@@ -497,72 +430,25 @@ impl KernelStore {
     }
 }
 
-/// A kernel chosen by `--kernel` (or the default), opened for loading.
-#[derive(Debug)]
-pub struct ResolvedKernel {
-    pub path: PathBuf,
-    /// Open at offset 0; for store kernels, the very file whose SHA-256 was checked.
-    pub file: File,
-    /// The store record, when the kernel came from the store.
-    pub entry: Option<KernelEntry>,
-}
-
-/// Turns a `--kernel` value into an image path to boot.
-///
-/// - A value containing '/' or naming an existing file is a path and is returned as is.
-/// - Otherwise it is a store name, whose image is verified (SHA-256) before it is returned.
-/// - Without `--kernel`, the store's default kernel is used, verified the same way.
-pub fn resolve_kernel(arg: Option<&str>, store: &KernelStore) -> Result<PathBuf, KernelStoreError> {
-    resolve_kernel_file(arg, store).map(|kernel| kernel.path)
-}
-
-/// Like [`resolve_kernel`], but also hands back the opened image; loading from this file
-/// rather than reopening the path closes the window between verification and use.
-pub fn resolve_kernel_file(
-    arg: Option<&str>,
-    store: &KernelStore,
-) -> Result<ResolvedKernel, KernelStoreError> {
-    let Some(arg) = arg else {
-        let name = store
-            .default()?
-            .ok_or_else(|| KernelStoreError::NoDefaultKernel {
-                store: store.dir.clone(),
-            })?;
-        return store.open_verified(&name);
-    };
-    let path = Path::new(arg);
-    if path.is_file() {
-        let file = File::open(path).map_err(KernelStoreError::io("cannot open", path))?;
-        return Ok(ResolvedKernel {
-            path: path.to_path_buf(),
-            file,
-            entry: None,
-        });
-    }
-    if arg.contains('/') {
-        return Err(if path.exists() {
-            KernelStoreError::NotAKernel {
-                path: path.to_path_buf(),
-                reason: "not a regular file".into(),
-            }
-        } else {
-            KernelStoreError::KernelFileNotFound {
-                path: path.to_path_buf(),
-            }
-        });
-    }
-    let unresolved = || KernelStoreError::UnresolvedKernel {
-        arg: arg.to_string(),
-        store: store.dir.clone(),
-    };
-    if validate_name(arg).is_err() {
-        return Err(unresolved());
-    }
-    match store.open_verified(arg) {
-        Err(KernelStoreError::UnknownKernel { .. }) => Err(unresolved()),
-        other => other,
-    }
-}
-
 #[cfg(test)]
-mod tests;
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_dir_precedence() {
+        let s = |v: &str| Some(OsString::from(v));
+        assert_eq!(
+            store_dir_from(s("/v"), s("/x"), s("/h")),
+            Some(PathBuf::from("/v"))
+        );
+        assert_eq!(
+            store_dir_from(None, s("/x"), s("/h")),
+            Some(PathBuf::from("/x/volt/kernels"))
+        );
+        assert_eq!(
+            store_dir_from(s(""), s("relative"), s("/h")),
+            Some(PathBuf::from("/h/.local/share/volt/kernels"))
+        );
+        assert_eq!(store_dir_from(None, None, None), None);
+    }
+}
