@@ -95,9 +95,8 @@ impl EventLoop {
                 }
             }
         });
-        for (index, fd) in devices.event_sources().into_iter().enumerate() {
-            let token = Token(FIRST_DEVICE_TOKEN + index);
-            registry.register(&mut SourceFd(&fd), token, Interest::READABLE)?;
+        for (index, (fd, interest)) in devices.event_sources().into_iter().enumerate() {
+            registry.register(&mut SourceFd(&fd), Token(FIRST_DEVICE_TOKEN + index), interest)?;
         }
         Ok(EventLoop {
             poll,

@@ -11,16 +11,19 @@ use std::thread::{self, JoinHandle};
 
 use crossbeam_channel::bounded;
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use kvm_ioctls::{IoEventAddress, Kvm, VcpuFd, VmFd};
 use mio::{Poll, Token, Waker};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use devices::i8042::I8042;
 use devices::serial::SerialConsole;
+use devices::virtio::{Block, MmioTransport, Net, VirtioDevice};
 
 use crate::boot::{self, BootError};
-use crate::device_manager::{Devices, SERIAL_IRQ};
+use crate::device_manager::{
+    virtio_cmdline_entry, virtio_slot, Devices, VirtioSlot, SERIAL_IRQ, VIRTIO_IRQS, VIRTIO_MMIO_QUEUE_NOTIFY,
+};
 use crate::event_loop::{EventLoop, LoopStats, VmExit};
 use crate::sandbox::{apply_seccomp, SeccompMode, ThreadKind};
 use crate::vcpu::{spawn_vcpu, LoopLink, VcpuHandle};
@@ -37,10 +40,27 @@ pub enum BootSource {
     Raw { code: Vec<u8>, load_addr: u64 },
 }
 
+/// A host file served to the guest as a virtio-block disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskConfig {
+    pub path: PathBuf,
+    pub read_only: bool,
+}
+
+/// A host tap device behind a virtio-net card.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetConfig {
+    pub tap: String,
+    pub mac: Option<[u8; 6]>,
+}
+
 pub struct VmConfig {
     pub vcpus: u8,
     pub mem_bytes: u64,
     pub boot: BootSource,
+    /// The first disk is /dev/vda.
+    pub disks: Vec<DiskConfig>,
+    pub nets: Vec<NetConfig>,
     /// Where the guest's serial console goes.
     pub console_out: Box<dyn Write + Send>,
     /// Host input for the guest's serial console (stdin), if any.
@@ -66,6 +86,12 @@ pub enum VmError {
     Kvm { what: &'static str, source: kvm_ioctls::Error },
     #[error("{what} failed: {source}")]
     Io { what: &'static str, source: io::Error },
+    #[error("disk {path}: {source}")]
+    Disk { path: PathBuf, source: devices::virtio::BlockError },
+    #[error("network device on tap '{tap}': {source}")]
+    Net { tap: String, source: devices::virtio::NetError },
+    #[error("too many virtio devices: at most {} disks and network cards together", VIRTIO_IRQS.len())]
+    TooManyDevices,
     #[error("the event loop failed: {0}")]
     EventLoop(io::Error),
     #[error("the event loop thread panicked")]
@@ -113,11 +139,15 @@ impl Vm {
         map_guest_memory(&vm_fd, &mem)?;
         create_interrupt_controllers(&vm_fd)?;
 
+        // Devices first: a missing disk or tap is reported before any kernel work.
+        let virtio = create_virtio_devices(&vm_fd, &mem, &config.disks, &config.nets)?;
         let entry = match &config.boot {
             BootSource::Linux { kernel, initrd, cmdline } => {
                 let mut kernel_file = open(kernel, "kernel")?;
                 let mut initrd_file = initrd.as_ref().map(|p| open(p, "initrd")).transpose()?;
-                Some(boot::load_linux(&mem, &mut kernel_file, initrd_file.as_mut(), cmdline, config.vcpus)?)
+                let cmdline = full_cmdline(cmdline, &config.disks, &virtio);
+                log::debug!("kernel command line: {cmdline}");
+                Some(boot::load_linux(&mem, &mut kernel_file, initrd_file.as_mut(), &cmdline, config.vcpus)?)
             }
             BootSource::Raw { code, load_addr } => {
                 boot::write_boot_tables(&mem, config.vcpus)?;
@@ -144,7 +174,7 @@ impl Vm {
         vm_fd.register_irqfd(&serial_irq, SERIAL_IRQ).map_err(kvm_err("KVM_IRQFD (serial)"))?;
         let reset_evt = EventFd::new(EFD_NONBLOCK).map_err(io_err("eventfd"))?;
         let i8042 = I8042::new(reset_evt.try_clone().map_err(io_err("eventfd"))?);
-        let devices = Devices::new(SerialConsole::new(serial_irq, config.console_out), i8042);
+        let devices = Devices::new(SerialConsole::new(serial_irq, config.console_out), i8042, virtio);
 
         Ok(Vm {
             _kvm: kvm,
@@ -160,7 +190,16 @@ impl Vm {
     }
 
     /// Starts the event loop and the vCPUs; each thread installs its own seccomp filter first.
+    /// Termination signals stay with the calling thread: the workers are spawned with them
+    /// blocked, so a Ctrl-C is handled where the terminal may be restored.
     pub fn start(self) -> Result<RunningVm, VmError> {
+        let previous = block_termination_signals();
+        let result = self.spawn_threads();
+        restore_signal_mask(&previous);
+        result
+    }
+
+    fn spawn_threads(self) -> Result<RunningVm, VmError> {
         let Vm { _kvm, _vm_fd, guest_memory, vcpus, poll, devices, reset_evt, console_in, seccomp } = self;
         // Bounded, so a guest that floods the loop with writes is slowed down, not buffered.
         let (sender, receiver) = bounded(1024);
@@ -199,6 +238,26 @@ impl Vm {
     }
 }
 
+/// Blocks SIGINT, SIGTERM, SIGHUP and SIGQUIT on the calling thread; returns the old mask.
+fn block_termination_signals() -> libc::sigset_t {
+    // SAFETY: sigset manipulation on local storage; pthread_sigmask affects this thread only.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        let mut previous: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
+            libc::sigaddset(&mut set, signal);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut previous);
+        previous
+    }
+}
+
+fn restore_signal_mask(previous: &libc::sigset_t) {
+    // SAFETY: restores a mask obtained from pthread_sigmask.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, previous, std::ptr::null_mut()) };
+}
+
 /// A started VM: the event-loop thread and the vCPU threads.
 pub struct RunningVm {
     loop_thread: JoinHandle<io::Result<(VmExit, LoopStats)>>,
@@ -223,6 +282,55 @@ impl RunningVm {
             Err(_) => Err(VmError::EventLoopPanicked),
         }
     }
+}
+
+/// The command line the guest gets: the user's (or the default), `root=` for the first disk
+/// when the user named no root, and one announcement per virtio-mmio device.
+pub fn full_cmdline(base: &str, disks: &[DiskConfig], virtio: &[VirtioSlot]) -> String {
+    let mut cmdline = base.trim().to_string();
+    let names_root = base.split_whitespace().any(|arg| arg.starts_with("root="));
+    if let (Some(first), false) = (disks.first(), names_root) {
+        let mode = if first.read_only { "ro" } else { "rw" };
+        cmdline.push_str(&format!(" root=/dev/vda {mode}"));
+    }
+    for slot in virtio {
+        cmdline.push(' ');
+        cmdline.push_str(&virtio_cmdline_entry(slot.base, slot.irq));
+    }
+    cmdline
+}
+
+/// Opens every disk and tap, wraps each in a virtio-mmio transport with its own window, IRQ
+/// (an irqfd) and one ioeventfd per queue, so a guest kick never exits to user space.
+fn create_virtio_devices(
+    vm_fd: &VmFd,
+    mem: &GuestMemoryMmap,
+    disks: &[DiskConfig],
+    nets: &[NetConfig],
+) -> Result<Vec<VirtioSlot>, VmError> {
+    let mut models: Vec<Box<dyn VirtioDevice>> = Vec::new();
+    for disk in disks {
+        let block = Block::new(&disk.path, disk.read_only)
+            .map_err(|source| VmError::Disk { path: disk.path.clone(), source })?;
+        models.push(Box::new(block));
+    }
+    for net in nets {
+        let card = Net::new(&net.tap, net.mac).map_err(|source| VmError::Net { tap: net.tap.clone(), source })?;
+        models.push(Box::new(card));
+    }
+    let mut slots = Vec::with_capacity(models.len());
+    for (index, model) in models.into_iter().enumerate() {
+        let (base, irq) = virtio_slot(index).ok_or(VmError::TooManyDevices)?;
+        let irq_evt = EventFd::new(EFD_NONBLOCK).map_err(io_err("eventfd"))?;
+        vm_fd.register_irqfd(&irq_evt, irq).map_err(kvm_err("KVM_IRQFD (virtio)"))?;
+        let transport = MmioTransport::new(model, mem.clone(), irq_evt).map_err(io_err("virtio transport"))?;
+        for (queue, evt) in transport.queue_events().iter().enumerate() {
+            let notify = IoEventAddress::Mmio(base + VIRTIO_MMIO_QUEUE_NOTIFY);
+            vm_fd.register_ioevent(evt, &notify, queue as u32).map_err(kvm_err("KVM_IOEVENTFD"))?;
+        }
+        slots.push(VirtioSlot { base, irq, transport });
+    }
+    Ok(slots)
 }
 
 fn open(path: &PathBuf, what: &'static str) -> Result<File, VmError> {

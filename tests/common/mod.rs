@@ -64,6 +64,8 @@ pub fn run_raw_guest(code: Vec<u8>, vcpus: u8, seccomp: SeccompMode) -> RawRun {
         vcpus,
         mem_bytes: 64 << 20,
         boot: BootSource::Raw { code, load_addr: GUEST_LOAD_ADDR },
+        disks: Vec::new(),
+        nets: Vec::new(),
         console_out: Box::new(console.clone()),
         console_in: None,
         seccomp,
