@@ -171,3 +171,241 @@ pub fn configure_vcpu(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Seek, SeekFrom, Write};
+
+    use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_UNINITIALIZED};
+    use linux_loader::loader::bootparam::boot_params;
+    use vm_memory::Bytes;
+
+    use layout::{CMDLINE_START, EBDA_START, HIMEM_START, PD_START, PML4_START};
+    use loader::tests::{tiny_bzimage, tiny_elf};
+    use regs::tests::{probe_expected_outs, run_collect_io, test_vm, LONG_MODE_PROBE};
+
+    const MEM: u64 = 64 << 20;
+
+    fn file_with(bytes: &[u8]) -> File {
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(bytes).unwrap();
+        f.seek(SeekFrom::Start(0)).unwrap();
+        f
+    }
+
+    fn zero_page(mem: &GuestMemoryMmap) -> boot_params {
+        mem.read_obj(GuestAddress(ZERO_PAGE_START)).unwrap()
+    }
+
+    /// mov eax,1; cpuid; mov eax,ebx; shr eax,24; mov dx,0x3f8; out dx,eax; hlt:
+    /// reports the initial APIC id the guest sees.
+    const APIC_ID_PROBE: [u8; 20] = [
+        0xb8, 0x01, 0x00, 0x00, 0x00, 0x0f, 0xa2, 0x89, 0xd8, 0xc1, 0xe8, 0x18, 0x66, 0xba, 0xf8,
+        0x03, 0xef, 0xf4, 0x90, 0x90,
+    ];
+
+    #[test]
+    fn load_linux_elf_with_initrd_writes_everything() {
+        let mem = create_guest_memory(MEM).unwrap();
+        let mut kernel = file_with(&tiny_elf(0x20_0000, &LONG_MODE_PROBE, 0x1000));
+        let initrd_data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        let mut initrd = file_with(&initrd_data);
+        let cmdline = "console=ttyS0 panic=1";
+        let start = load_linux(&mem, &mut kernel, Some(&mut initrd), cmdline, 2).unwrap();
+        assert_eq!(start.entry, GuestAddress(0x20_0000));
+        assert_eq!(start.boot_params, GuestAddress(ZERO_PAGE_START));
+
+        let p = zero_page(&mem);
+        assert_eq!({ p.hdr.boot_flag }, 0xaa55);
+        assert_eq!({ p.hdr.cmd_line_ptr }, CMDLINE_START as u32);
+        assert_eq!({ p.hdr.cmdline_size }, cmdline.len() as u32 + 1);
+        let (addr, size) = ({ p.hdr.ramdisk_image }, { p.hdr.ramdisk_size });
+        assert_eq!(size, 10_000);
+        assert_eq!(
+            u64::from(addr),
+            MEM - 0x3000,
+            "page-aligned at the top of RAM"
+        );
+        let mut got = vec![0u8; initrd_data.len()];
+        mem.read_slice(&mut got, GuestAddress(u64::from(addr)))
+            .unwrap();
+        assert_eq!(got, initrd_data);
+        let mut line = vec![0u8; cmdline.len() + 1];
+        mem.read_slice(&mut line, GuestAddress(CMDLINE_START))
+            .unwrap();
+        assert_eq!(&line[..cmdline.len()], cmdline.as_bytes());
+        assert_eq!(line[cmdline.len()], 0);
+        assert_eq!(p.e820_entries, 4);
+
+        let mut sig = [0u8; 4];
+        mem.read_slice(&mut sig, GuestAddress(EBDA_START)).unwrap();
+        assert_eq!(&sig, b"_MP_");
+        assert_eq!(
+            mem.read_obj::<u64>(GuestAddress(PML4_START)).unwrap(),
+            0xa003
+        );
+        assert_eq!(
+            mem.read_obj::<u64>(GuestAddress(PD_START + 8)).unwrap(),
+            0x20_0083
+        );
+    }
+
+    #[test]
+    fn load_linux_bzimage_entry_is_startup_64() {
+        let mem = create_guest_memory(MEM).unwrap();
+        let mut payload = vec![0u8; 0x200];
+        payload.extend_from_slice(&LONG_MODE_PROBE);
+        let mut kernel = file_with(&tiny_bzimage(0x20f, 1, &payload));
+        let start = load_linux(&mem, &mut kernel, None, "quiet", 1).unwrap();
+        assert_eq!(start.entry, GuestAddress(HIMEM_START + 0x200));
+        let p = zero_page(&mem);
+        assert_eq!(
+            { p.hdr.version },
+            0x20f,
+            "setup header copied from the bzImage"
+        );
+        assert_eq!(p.hdr.type_of_loader, 0xff);
+        assert_eq!({ p.hdr.cmdline_size }, 6);
+        assert_eq!({ p.hdr.ramdisk_image }, 0);
+
+        let Some((kvm, vm)) = test_vm("load_linux_bzimage_entry_is_startup_64", &mem) else {
+            return;
+        };
+        let cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).unwrap();
+        let mut vcpu = vm.create_vcpu(0).unwrap();
+        configure_vcpu(&vcpu, &mem, &cpuid, 0, 1, Some(&start)).unwrap();
+        assert_eq!(run_collect_io(&mut vcpu, 5), probe_expected_outs(0x7000));
+    }
+
+    #[test]
+    fn boot_vcpu_runs_the_kernel_and_aps_wait_for_sipi() {
+        let mem = create_guest_memory(MEM).unwrap();
+        let mut kernel = file_with(&tiny_elf(0x20_0000, &LONG_MODE_PROBE, 0x1000));
+        let start = load_linux(&mem, &mut kernel, None, "", 2).unwrap();
+        let Some((kvm, vm)) = test_vm("boot_vcpu_runs_the_kernel_and_aps_wait_for_sipi", &mem)
+        else {
+            return;
+        };
+        let cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).unwrap();
+        let mut bsp = vm.create_vcpu(0).unwrap();
+        let ap = vm.create_vcpu(1).unwrap();
+        configure_vcpu(&bsp, &mem, &cpuid, 0, 2, Some(&start)).unwrap();
+        configure_vcpu(&ap, &mem, &cpuid, 1, 2, None).unwrap();
+
+        let ap_cpuid = ap.get_cpuid2(KVM_MAX_CPUID_ENTRIES).unwrap();
+        let leaf1 = ap_cpuid
+            .as_slice()
+            .iter()
+            .find(|e| e.function == 1)
+            .unwrap();
+        assert_eq!(leaf1.ebx >> 24, 1, "AP's initial APIC id");
+        assert_eq!(
+            ap.get_mp_state().unwrap().mp_state,
+            KVM_MP_STATE_UNINITIALIZED,
+            "AP waits for INIT/SIPI"
+        );
+        assert_eq!(run_collect_io(&mut bsp, 5), probe_expected_outs(0x7000));
+    }
+
+    #[test]
+    fn raw_image_starts_on_every_vcpu() {
+        let mem = create_guest_memory(MEM).unwrap();
+        write_boot_tables(&mem, 2).unwrap();
+        let entry = GuestAddress(0x30_0000);
+        mem.write_slice(&APIC_ID_PROBE, entry).unwrap();
+        let Some((kvm, vm)) = test_vm("raw_image_starts_on_every_vcpu", &mem) else {
+            return;
+        };
+        let cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).unwrap();
+        let start = BootEntry {
+            entry,
+            boot_params: GuestAddress(ZERO_PAGE_START),
+        };
+        let mut vcpus = Vec::new();
+        for index in 0..2u8 {
+            let vcpu = vm.create_vcpu(u64::from(index)).unwrap();
+            configure_vcpu(&vcpu, &mem, &cpuid, index, 2, Some(&start)).unwrap();
+            vcpus.push(vcpu);
+        }
+        // Run the AP first: it must not need the BSP to send INIT/SIPI.
+        for index in [1u8, 0] {
+            let outs = run_collect_io(&mut vcpus[usize::from(index)], 1);
+            assert_eq!(outs, vec![(0x3f8, u32::from(index).to_le_bytes().to_vec())]);
+        }
+    }
+
+    #[test]
+    fn user_facing_errors() {
+        let mem = create_guest_memory(MEM).unwrap();
+        let mut junk = file_with(b"#!/bin/sh\necho not a kernel\n");
+        let err = load_linux(&mem, &mut junk, None, "", 1).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "kernel image is neither ELF vmlinux nor bzImage"
+        );
+
+        for cpus in [0u8, 255] {
+            let mut kernel = file_with(&tiny_elf(0x20_0000, &[0xf4], 1));
+            let err = load_linux(&mem, &mut kernel, None, "", cpus).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!("--cpus must be 1..=254, got {cpus}")
+            );
+            assert!(matches!(
+                write_boot_tables(&mem, cpus),
+                Err(BootError::CpuCount(_))
+            ));
+        }
+
+        let mut kernel = file_with(&tiny_elf(0x20_0000, &[0xf4], 1));
+        let mut initrd = file_with(&vec![0u8; 63 << 20]);
+        let err = load_linux(&mem, &mut kernel, Some(&mut initrd), "", 1).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "initrd of {} bytes does not fit in 64 MiB of guest memory",
+                63 << 20
+            )
+        );
+
+        let mut dir = File::open("/").unwrap();
+        let err = load_linux(&mem, &mut dir, None, "", 1).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("cannot read the kernel image: "),
+            "{err}"
+        );
+
+        let err = create_guest_memory(1 << 20).unwrap_err();
+        assert!(err.to_string().contains("at least 2 MiB"), "{err}");
+
+        // Boot tables need the low memory they live in.
+        let tiny = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x8000)]).unwrap();
+        let err = write_boot_tables(&tiny, 1).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                BootError::Memory {
+                    what: "page tables",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn configure_vcpu_rejects_bad_indices() {
+        let mem = create_guest_memory(MEM).unwrap();
+        let Some((kvm, vm)) = test_vm("configure_vcpu_rejects_bad_indices", &mem) else {
+            return;
+        };
+        let cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).unwrap();
+        let vcpu = vm.create_vcpu(0).unwrap();
+        let err = configure_vcpu(&vcpu, &mem, &cpuid, 2, 2, None).unwrap_err();
+        assert_eq!(err.to_string(), "vCPU index 2 is out of range for 2 vCPUs");
+        let err = configure_vcpu(&vcpu, &mem, &cpuid, 0, 0, None).unwrap_err();
+        assert!(matches!(err, BootError::CpuCount(0)));
+    }
+}
