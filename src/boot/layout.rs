@@ -157,6 +157,20 @@ mod tests {
     }
 
     #[test]
+    fn create_guest_memory_skips_the_mmio_gap() {
+        use vm_memory::{Bytes, GuestMemoryRegion};
+        let mem = create_guest_memory((3 << 30) + (64 << 20)).unwrap();
+        let regions: Vec<_> = mem.iter().map(|r| (r.start_addr().0, r.len())).collect();
+        assert_eq!(regions, vec![(0, 0xc000_0000), (0x1_0000_0000, 64 << 20)]);
+        assert_eq!(guest_mem_bytes(&mem), (3 << 30) + (64 << 20));
+        // RAM above 4 GiB is usable, the gap is not backed.
+        mem.write_obj(0x55u8, GuestAddress(MMIO_GAP_END)).unwrap();
+        assert!(mem
+            .write_obj(0x55u8, GuestAddress(VIRTIO_MMIO_BASE))
+            .is_err());
+    }
+
+    #[test]
     fn create_guest_memory_rejects_bad_sizes() {
         for bad in [0, 1 << 20, (64 << 20) + 1] {
             let err = create_guest_memory(bad).unwrap_err();

@@ -196,7 +196,9 @@ where
         }
         KernelFormat::BzImage => {
             let mut raw = [0u8; std::mem::size_of::<setup_header>()];
-            read_at(kernel, BZIMAGE_HEADER_OFFSET, &mut raw)?;
+            if !read_at(kernel, BZIMAGE_HEADER_OFFSET, &mut raw)? {
+                return Err(LoaderError::NotAKernel);
+            }
             let version = u16_at(&raw, 0x206 - 0x1f1);
             let setup_sects = match raw[0] {
                 0 => 4,
@@ -214,7 +216,8 @@ where
                 .seek(SeekFrom::End(0))
                 .map_err(unreadable("kernel image"))?;
             let payload = file_len.saturating_sub((setup_sects + 1) * 512);
-            // The decompressor works in place and needs init_size bytes from the load address.
+            // The decompressor works in place and needs at least init_size bytes from the load
+            // address (more if it moves itself up to its preferred address): a lower bound.
             let end = HIMEM_START + payload.max(init_size);
             check_fits(mem, HIMEM_START, end)?;
             let result = BzImage::load(mem, Some(himem), kernel, Some(himem))
@@ -434,6 +437,15 @@ pub(crate) mod tests {
         let image = tiny_bzimage(0x20f, XLF_KERNEL_64, &vec![0x90; (3 << 20) + 1]);
         let err = load_kernel(&mem, &mut Cursor::new(image)).unwrap_err();
         assert!(matches!(err, LoaderError::KernelTooBig { .. }), "{err}");
+    }
+
+    #[test]
+    fn truncated_bzimage_header_is_not_a_kernel() {
+        let mem = mem(TEST_MEM);
+        let mut image = tiny_bzimage(0x20f, XLF_KERNEL_64, &[]);
+        image.truncate(0x210);
+        let err = load_kernel(&mem, &mut Cursor::new(image)).unwrap_err();
+        assert!(matches!(err, LoaderError::NotAKernel), "{err}");
     }
 
     #[test]

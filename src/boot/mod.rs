@@ -252,6 +252,24 @@ mod tests {
     }
 
     #[test]
+    fn load_linux_with_memory_above_4g() {
+        let mem_bytes = (3 << 30) + (256 << 20);
+        let mem = create_guest_memory(mem_bytes).unwrap();
+        let mut kernel = file_with(&tiny_elf(0x100_0000, &[0xf4], 0x1000));
+        let mut initrd = file_with(&[7u8; 4096]);
+        load_linux(&mem, &mut kernel, Some(&mut initrd), "", 4).unwrap();
+        let p = zero_page(&mem);
+        assert_eq!(p.e820_entries, 5);
+        let last = p.e820_table[4];
+        assert_eq!(({ last.addr }, { last.size }), (1 << 32, 256 << 20));
+        assert_eq!(
+            { p.hdr.ramdisk_image },
+            0xc000_0000 - 0x1000,
+            "initrd stays below the gap"
+        );
+    }
+
+    #[test]
     fn load_linux_bzimage_entry_is_startup_64() {
         let mem = create_guest_memory(MEM).unwrap();
         let mut payload = vec![0u8; 0x200];

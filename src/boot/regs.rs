@@ -167,7 +167,9 @@ fn with_delivery_mode(reg: u32, mode: u32) -> u32 {
 /// Wires LINT0 to ExtINT (the legacy PIC) and LINT1 to NMI, as a BIOS does. Needs the
 /// in-kernel irqchip (`VmFd::create_irq_chip`) to exist.
 pub fn setup_lapic_lints(vcpu: &VcpuFd) -> Result<(), RegsError> {
-    let mut lapic = vcpu.get_lapic().map_err(kvm("read the local APIC"))?;
+    let mut lapic = vcpu.get_lapic().map_err(kvm(
+        "read the local APIC (was the in-kernel irqchip created?)",
+    ))?;
     let lint0 = lapic_reg(&lapic.regs, APIC_LVT_LINT0);
     set_lapic_reg(
         &mut lapic.regs,
