@@ -379,7 +379,7 @@ const RAW_STACK_SIZE: u64 = 0x400;
 
 /// Puts a vCPU of a raw test image into 64-bit mode at the image's start with RDI = index.
 fn start_raw_vcpu(vcpu: &VcpuFd, mem: &GuestMemoryMmap, load_addr: u64, index: u8) -> Result<(), VmError> {
-    boot::regs::setup_long_mode(vcpu, mem, GuestAddress(load_addr), None)?;
+    boot::regs::setup_long_mode(vcpu, mem, GuestAddress(load_addr), None).map_err(BootError::from)?;
     let mut regs = vcpu.get_regs().map_err(kvm_err("KVM_GET_REGS"))?;
     regs.rdi = index.into();
     regs.rsp = RAW_STACK_TOP - u64::from(index) * RAW_STACK_SIZE;
