@@ -168,11 +168,18 @@ impl EventLoop {
         while let Ok(message) = self.vcpu_rx.try_recv() {
             match message {
                 VcpuMessage::Write {
-                    space, addr, data, ..
+                    space,
+                    addr,
+                    data,
+                    done,
+                    ..
                 } => {
                     self.count_exit(space);
                     if !self.devices.write(space, addr, data.as_slice()) {
                         self.record_unhandled(space, addr, true);
+                    }
+                    if let Some(done) = done {
+                        let _ = done.send(IoData::default());
                     }
                 }
                 VcpuMessage::Read {

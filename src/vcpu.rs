@@ -2,8 +2,10 @@
 //!
 //! Each thread owns one `VcpuFd` and runs `KVM_RUN` in a loop. It handles no device itself:
 //! port-I/O and MMIO exits become [`VcpuMessage`]s on a channel to the event loop, which owns
-//! every device. Writes are posted (the vCPU goes on at once, ordering is kept by the channel);
-//! reads wait for the loop's answer.
+//! every device. Port writes are posted (the vCPU goes on at once, ordering is kept by the
+//! channel); reads and MMIO writes wait for the loop. MMIO writes must: a virtio driver's
+//! InterruptACK has to take effect before the device can raise the next interrupt, or the
+//! driver may see a second interrupt with an already cleared status and lose a completion.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Once};
@@ -72,6 +74,8 @@ pub enum VcpuMessage {
         space: AddressSpace,
         addr: u64,
         data: IoData,
+        /// Answered once the write took effect, when the vCPU waits for that.
+        done: Option<Sender<IoData>>,
     },
     Read {
         vcpu: usize,
@@ -176,6 +180,17 @@ pub fn spawn_vcpu(
 fn run_vcpu(index: usize, mut vcpu: VcpuFd, link: &LoopLink, stop: &AtomicBool) -> VcpuStop {
     // One reply channel per thread, reused for every read.
     let (reply_tx, reply_rx) = bounded::<IoData>(1);
+    let write_and_wait = |space, addr, data: &[u8]| -> bool {
+        let data = IoData::from_slice(data);
+        let request = VcpuMessage::Write {
+            vcpu: index,
+            space,
+            addr,
+            data,
+            done: Some(reply_tx.clone()),
+        };
+        link.send(request) && reply_rx.recv().is_ok()
+    };
     let read = |space, addr, data: &mut [u8]| -> bool {
         let len = data.len().min(8);
         let request = VcpuMessage::Read {
@@ -212,14 +227,10 @@ fn run_vcpu(index: usize, mut vcpu: VcpuFd, link: &LoopLink, stop: &AtomicBool) 
                 space: AddressSpace::Pio,
                 addr: port.into(),
                 data: IoData::from_slice(data),
+                done: None,
             }),
             Ok(VcpuExit::IoIn(port, data)) => read(AddressSpace::Pio, port.into(), data),
-            Ok(VcpuExit::MmioWrite(addr, data)) => link.send(VcpuMessage::Write {
-                vcpu: index,
-                space: AddressSpace::Mmio,
-                addr,
-                data: IoData::from_slice(data),
-            }),
+            Ok(VcpuExit::MmioWrite(addr, data)) => write_and_wait(AddressSpace::Mmio, addr, data),
             Ok(VcpuExit::MmioRead(addr, data)) => read(AddressSpace::Mmio, addr, data),
             Ok(VcpuExit::Shutdown) => return VcpuStop::Shutdown,
             Ok(VcpuExit::SystemEvent(kind, _))
