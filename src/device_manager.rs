@@ -46,7 +46,7 @@ pub struct VirtioSlot {
 
 /// A file descriptor the loop watches for a device, and what to do when it is ready.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum DeviceEvent {
+pub enum DeviceEvent {
     /// The guest kicked queue `queue` of virtio slot `slot` (its ioeventfd fired).
     QueueKick { slot: usize, queue: usize },
     /// Device-specific fd number `source` of slot `slot` (e.g. the tap) is ready.
@@ -95,17 +95,19 @@ impl Devices {
             .collect()
     }
 
-    /// Called when the `index`-th fd of [`Devices::event_sources`] is ready.
-    pub fn handle_event_source(&mut self, index: usize) {
-        match self.events.get(index) {
-            Some(&DeviceEvent::QueueKick { slot, queue }) => {
+    /// Called when the `index`-th fd of [`Devices::event_sources`] is ready; says what it was.
+    pub fn handle_event_source(&mut self, index: usize) -> Option<DeviceEvent> {
+        let event = self.events.get(index).copied();
+        match event {
+            Some(DeviceEvent::QueueKick { slot, queue }) => {
                 self.virtio[slot].transport.handle_queue_event(queue)
             }
-            Some(&DeviceEvent::Source { slot, source }) => {
+            Some(DeviceEvent::Source { slot, source }) => {
                 self.virtio[slot].transport.handle_event_source(source)
             }
             None => log::warn!("event on unknown device source {index}"),
         }
+        event
     }
 
     /// The device at `addr` and the offset into its window.

@@ -14,7 +14,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::device_manager::Devices;
+use crate::device_manager::{DeviceEvent, Devices};
 use crate::vcpu::{AddressSpace, IoData, VcpuMessage, VcpuStop};
 
 const VCPU_TOKEN: Token = Token(0);
@@ -54,6 +54,8 @@ pub struct LoopStats {
     /// Accesses no device claimed: (address space, address, is write).
     pub unhandled: Vec<(AddressSpace, u64, bool)>,
     pub console_bytes: u64,
+    /// Virtqueue notifications that arrived on an ioeventfd (no vCPU exit to user space).
+    pub queue_kicks: u64,
 }
 
 /// At most this many unhandled accesses are remembered (they are also logged).
@@ -140,7 +142,10 @@ impl EventLoop {
                         Some(VmExit::Reset)
                     }
                     Token(token) => {
-                        self.devices.handle_event_source(token - FIRST_DEVICE_TOKEN);
+                        let event = self.devices.handle_event_source(token - FIRST_DEVICE_TOKEN);
+                        if let Some(DeviceEvent::QueueKick { .. }) = event {
+                            self.stats.queue_kicks += 1;
+                        }
                         None
                     }
                 };

@@ -5,7 +5,6 @@
 //! ([`AllowedSyscall`]) so that the same data builds the BPF program and prints
 //! `volt --print-seccomp`.
 
-use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io::{self, Write};
@@ -234,15 +233,6 @@ const COMMON: &[AllowedSyscall] = &[
         "stderr logging, eventfd signalling",
     ),
     allow("close", libc::SYS_close, "dropping file descriptors"),
-    allow_if(
-        "fcntl",
-        libc::SYS_fcntl,
-        ArgRule::OneOf {
-            arg: 1,
-            values: &[("F_GETFD", libc::F_GETFD as u64)],
-        },
-        "debug builds of std check an OwnedFd is open before closing it",
-    ),
     allow(
         "restart_syscall",
         libc::SYS_restart_syscall,
@@ -252,19 +242,34 @@ const COMMON: &[AllowedSyscall] = &[
     allow("exit_group", libc::SYS_exit_group, "process exit"),
 ];
 
-/// A vCPU thread only runs the guest; its fds, registers and memory are set up before.
-const VCPU: &[AllowedSyscall] = &[allow_if(
-    "ioctl",
-    libc::SYS_ioctl,
+/// `fcntl(F_GETFD)`: debug builds of std check an OwnedFd is open before closing it.
+const FCNTL_GETFD: AllowedSyscall = allow_if(
+    "fcntl",
+    libc::SYS_fcntl,
     ArgRule::OneOf {
         arg: 1,
-        values: &[("KVM_RUN", KVM_RUN), ("TCGETS", TCGETS)],
+        values: &[("F_GETFD", libc::F_GETFD as u64)],
     },
-    "run the guest; env_logger asks whether stderr is a terminal on every record",
-)];
+    "debug builds of std check an OwnedFd is open before closing it",
+);
+
+/// A vCPU thread only runs the guest; its fds, registers and memory are set up before.
+const VCPU: &[AllowedSyscall] = &[
+    FCNTL_GETFD,
+    allow_if(
+        "ioctl",
+        libc::SYS_ioctl,
+        ArgRule::OneOf {
+            arg: 1,
+            values: &[("KVM_RUN", KVM_RUN), ("TCGETS", TCGETS)],
+        },
+        "run the guest; env_logger asks whether stderr is a terminal on every record",
+    ),
+];
 
 /// The event loop moves bytes between devices and their host back-ends.
 const EVENT_LOOP: &[AllowedSyscall] = &[
+    FCNTL_GETFD,
     allow("epoll_wait", libc::SYS_epoll_wait, "mio poll"),
     allow("epoll_pwait", libc::SYS_epoll_pwait, "mio poll"),
     allow("epoll_ctl", libc::SYS_epoll_ctl, "mio (re)registration"),
@@ -336,9 +341,12 @@ const MAIN: &[AllowedSyscall] = &[
         libc::SYS_fcntl,
         ArgRule::OneOf {
             arg: 1,
-            values: &[("F_SETFL", libc::F_SETFL as u64)],
+            values: &[
+                ("F_GETFD", libc::F_GETFD as u64),
+                ("F_SETFL", libc::F_SETFL as u64),
+            ],
         },
-        "give stdin back its blocking mode",
+        "std's OwnedFd check (debug builds); give stdin back its blocking mode",
     ),
     allow(
         "getpid",
@@ -407,17 +415,7 @@ pub fn filter_for(kind: ThreadKind, mode: SeccompMode) -> Result<Option<BpfProgr
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     for entry in allowed_syscalls(kind) {
         let chain = rule_chain(&entry, own_pid).map_err(build_err)?;
-        // A syscall may be listed twice (common part and the thread's own, e.g. fcntl with
-        // other commands): its rules add up, and an unconditional entry wins (empty chain).
-        match rules.entry(entry.nr) {
-            Entry::Vacant(slot) => {
-                slot.insert(chain);
-            }
-            Entry::Occupied(mut slot) if slot.get().is_empty() || chain.is_empty() => {
-                slot.get_mut().clear()
-            }
-            Entry::Occupied(mut slot) => slot.get_mut().extend(chain),
-        }
+        rules.insert(entry.nr, chain);
     }
     let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(build_err)?;
     let filter = SeccompFilter::new(rules, mismatch_action, SeccompAction::Allow, arch)

@@ -65,6 +65,16 @@ pub struct RawRun {
 
 /// Runs `code` on `vcpus` vCPUs through the real vCPU threads and event loop.
 pub fn run_raw_guest(code: Vec<u8>, vcpus: u8, seccomp: SeccompMode) -> RawRun {
+    run_raw_guest_with_disks(code, vcpus, seccomp, Vec::new())
+}
+
+/// Like [`run_raw_guest`], with virtio-block disks (the first at 0xd000_0000, IRQ 5).
+pub fn run_raw_guest_with_disks(
+    code: Vec<u8>,
+    vcpus: u8,
+    seccomp: SeccompMode,
+    disks: Vec<volt::vm::DiskConfig>,
+) -> RawRun {
     let console = CapturedConsole::default();
     let config = VmConfig {
         vcpus,
@@ -73,7 +83,7 @@ pub fn run_raw_guest(code: Vec<u8>, vcpus: u8, seccomp: SeccompMode) -> RawRun {
             code,
             load_addr: GUEST_LOAD_ADDR,
         },
-        disks: Vec::new(),
+        disks,
         nets: Vec::new(),
         console_out: Box::new(console.clone()),
         console_in: None,
