@@ -1,40 +1,137 @@
-//! The i8042 keyboard controller, kept for one job: command 0xFE on port 0x64 resets the CPU,
-//! which is how a Linux guest booted with `reboot=k` reboots or powers off. The VMM ends the VM.
+//! The i8042 keyboard controller, reduced to what a Linux guest needs from it:
+//! - command 0xFE on port 0x64 resets the CPU, which is how a guest booted with `reboot=k`
+//!   reboots or powers off: the VMM then ends the VM;
+//! - the controller answers Linux's probe (read/write the control register, self-test,
+//!   interface test) at once. The minimal model in `vm-superio` answers nothing, so Linux
+//!   waits 0.5 s for the control register and gives up ("Can't read CTR") on every boot.
+//!
+//! There is no keyboard behind it and it raises no interrupt: Linux drives the probe by polling
+//! the status register, and `i8042.dumbkbd` (Volt's default command line) keeps the keyboard
+//! driver from sending commands that would need IRQ 1.
 
-use vm_superio::I8042Device;
+use std::collections::VecDeque;
+
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::serial::IrqTrigger;
 use crate::BusDevice;
 
 /// Port 0x60 is offset 0 of the device window, port 0x64 (command/status) offset 4.
 pub const I8042_PORT_BASE: u16 = 0x60;
 pub const I8042_PORT_COUNT: u16 = 5;
 
+const DATA_OFFSET: u64 = 0;
+const COMMAND_OFFSET: u64 = 4;
+
+/// Status register bits.
+const STATUS_OUTPUT_FULL: u8 = 0x01;
+/// "System flag": set once the controller passed its self-test.
+const STATUS_SYSTEM: u8 = 0x04;
+/// Keyboard not inhibited (clear means "keylock active", which Linux warns about).
+const STATUS_UNLOCKED: u8 = 0x10;
+
+/// Controller commands Linux sends during its probe, and the reset.
+const CMD_READ_CTR: u8 = 0x20;
+const CMD_WRITE_CTR: u8 = 0x60;
+const CMD_DISABLE_AUX: u8 = 0xa7;
+const CMD_ENABLE_AUX: u8 = 0xa8;
+const CMD_TEST_AUX: u8 = 0xa9;
+const CMD_SELF_TEST: u8 = 0xaa;
+const CMD_TEST_KBD: u8 = 0xab;
+const CMD_DISABLE_KBD: u8 = 0xad;
+const CMD_ENABLE_KBD: u8 = 0xae;
+const CMD_WRITE_OUTPUT_PORT: u8 = 0xd1;
+const CMD_RESET_CPU: u8 = 0xfe;
+
+/// Control register bits for the keyboard/aux "disabled" flags.
+const CTR_KBD_DISABLED: u8 = 0x10;
+const CTR_AUX_DISABLED: u8 = 0x20;
+/// What a freshly reset controller reports: keyboard interrupt and translation on, system flag.
+const CTR_DEFAULT: u8 = 0x45;
+
+const SELF_TEST_PASSED: u8 = 0x55;
+const INTERFACE_TEST_PASSED: u8 = 0x00;
+/// A keyboard acknowledges every command byte.
+const KBD_ACK: u8 = 0xfa;
+
 pub struct I8042 {
-    device: I8042Device<IrqTrigger>,
+    reset_evt: EventFd,
+    control: u8,
+    /// A command that takes its argument from the next data-port write.
+    pending: Option<u8>,
+    output: VecDeque<u8>,
 }
 
 impl I8042 {
     /// `reset_evt` is signalled when the guest asks for a CPU reset.
     pub fn new(reset_evt: EventFd) -> Self {
         I8042 {
-            device: I8042Device::new(IrqTrigger(reset_evt)),
+            reset_evt,
+            control: CTR_DEFAULT,
+            pending: None,
+            output: VecDeque::new(),
+        }
+    }
+
+    fn status(&self) -> u8 {
+        let full = if self.output.is_empty() {
+            0
+        } else {
+            STATUS_OUTPUT_FULL
+        };
+        STATUS_SYSTEM | STATUS_UNLOCKED | full
+    }
+
+    fn command(&mut self, command: u8) {
+        match command {
+            CMD_READ_CTR => self.output.push_back(self.control),
+            CMD_WRITE_CTR | CMD_WRITE_OUTPUT_PORT => self.pending = Some(command),
+            CMD_DISABLE_AUX => self.control |= CTR_AUX_DISABLED,
+            CMD_ENABLE_AUX => self.control &= !CTR_AUX_DISABLED,
+            CMD_DISABLE_KBD => self.control |= CTR_KBD_DISABLED,
+            CMD_ENABLE_KBD => self.control &= !CTR_KBD_DISABLED,
+            CMD_SELF_TEST => self.output.push_back(SELF_TEST_PASSED),
+            CMD_TEST_KBD | CMD_TEST_AUX => self.output.push_back(INTERFACE_TEST_PASSED),
+            CMD_RESET_CPU => self.reset(),
+            other => log::debug!("i8042: ignoring controller command {other:#x}"),
+        }
+    }
+
+    fn data(&mut self, value: u8) {
+        match self.pending.take() {
+            Some(CMD_WRITE_CTR) => self.control = value,
+            // Output port bit 0 low holds the CPU in reset: another way to reboot.
+            Some(CMD_WRITE_OUTPUT_PORT) if value & 1 == 0 => self.reset(),
+            Some(_) => {}
+            // A byte for the keyboard: there is none, but acknowledge like one.
+            None => self.output.push_back(KBD_ACK),
+        }
+    }
+
+    fn reset(&mut self) {
+        if let Err(e) = self.reset_evt.write(1) {
+            log::error!("i8042: cannot signal the reset: {e}");
         }
     }
 }
 
 impl BusDevice for I8042 {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
-        if let Some(first) = data.first_mut() {
-            *first = self.device.read(offset as u8);
-        }
+        let Some(first) = data.first_mut() else {
+            return;
+        };
+        *first = match offset {
+            DATA_OFFSET => self.output.pop_front().unwrap_or(0),
+            COMMAND_OFFSET => self.status(),
+            _ => 0xff,
+        };
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         let Some(&value) = data.first() else { return };
-        if let Err(e) = self.device.write(offset as u8, value) {
-            log::error!("i8042: cannot signal the reset: {e}");
+        match offset {
+            DATA_OFFSET => self.data(value),
+            COMMAND_OFFSET => self.command(value),
+            _ => {}
         }
     }
 }
@@ -43,13 +140,62 @@ impl BusDevice for I8042 {
 mod tests {
     use super::*;
 
+    fn controller() -> (I8042, EventFd) {
+        let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        (I8042::new(evt.try_clone().unwrap()), evt)
+    }
+
+    fn read(i8042: &mut I8042, offset: u64) -> u8 {
+        let mut byte = [0u8];
+        i8042.read(offset, &mut byte);
+        byte[0]
+    }
+
     #[test]
     fn reset_command_signals_the_event() {
-        let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        let mut i8042 = I8042::new(evt.try_clone().unwrap());
-        i8042.write(0, &[0xFE]); // data port: ignored
+        let (mut i8042, evt) = controller();
+        i8042.write(DATA_OFFSET, &[CMD_RESET_CPU]); // data port: a keyboard byte, not a reset
         assert!(evt.read().is_err(), "a data-port write must not reset");
-        i8042.write(4, &[0xFE]);
+        i8042.write(COMMAND_OFFSET, &[CMD_RESET_CPU]);
         assert_eq!(evt.read().unwrap(), 1);
+    }
+
+    #[test]
+    fn output_port_with_reset_line_low_resets() {
+        let (mut i8042, evt) = controller();
+        i8042.write(COMMAND_OFFSET, &[CMD_WRITE_OUTPUT_PORT]);
+        i8042.write(DATA_OFFSET, &[0xfe]);
+        assert_eq!(evt.read().unwrap(), 1);
+    }
+
+    #[test]
+    fn answers_the_linux_probe_sequence() {
+        let (mut i8042, evt) = controller();
+        // Nothing to read: output-full is clear, system flag and keyboard-unlocked set.
+        assert_eq!(
+            read(&mut i8042, COMMAND_OFFSET),
+            STATUS_SYSTEM | STATUS_UNLOCKED
+        );
+        i8042.write(COMMAND_OFFSET, &[CMD_READ_CTR]);
+        assert_eq!(
+            read(&mut i8042, COMMAND_OFFSET) & STATUS_OUTPUT_FULL,
+            STATUS_OUTPUT_FULL
+        );
+        assert_eq!(read(&mut i8042, DATA_OFFSET), CTR_DEFAULT);
+        assert_eq!(read(&mut i8042, COMMAND_OFFSET) & STATUS_OUTPUT_FULL, 0);
+
+        i8042.write(COMMAND_OFFSET, &[CMD_WRITE_CTR]);
+        i8042.write(DATA_OFFSET, &[0x47]);
+        i8042.write(COMMAND_OFFSET, &[CMD_DISABLE_KBD]);
+        i8042.write(COMMAND_OFFSET, &[CMD_READ_CTR]);
+        assert_eq!(read(&mut i8042, DATA_OFFSET), 0x47 | CTR_KBD_DISABLED);
+
+        i8042.write(COMMAND_OFFSET, &[CMD_SELF_TEST]);
+        assert_eq!(read(&mut i8042, DATA_OFFSET), SELF_TEST_PASSED);
+        i8042.write(COMMAND_OFFSET, &[CMD_TEST_KBD]);
+        assert_eq!(read(&mut i8042, DATA_OFFSET), INTERFACE_TEST_PASSED);
+        i8042.write(DATA_OFFSET, &[0xf4]); // keyboard "enable scanning"
+        assert_eq!(read(&mut i8042, DATA_OFFSET), KBD_ACK);
+        assert!(evt.read().is_err(), "the probe must not reset the machine");
     }
 }
