@@ -13,7 +13,7 @@ use virtio_queue::{DescriptorChain, QueueT, Reader, Writer};
 use vm_memory::GuestMemoryMmap;
 
 use super::{
-    pop_chain, read_config_bytes, ActivateError, QueueContext, VirtioDevice, QUEUE_MAX_SIZE,
+    next_chain, read_config_bytes, ActivateError, QueueContext, VirtioDevice, QUEUE_MAX_SIZE,
     VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
 
@@ -343,33 +343,13 @@ impl VirtioDevice for Block {
         };
         let mem = ctx.mem;
         let mut used_any = false;
-        loop {
-            loop {
-                let chain = match pop_chain(queue, mem) {
-                    Ok(Some(chain)) => chain,
-                    Ok(None) => break,
-                    Err(e) => {
-                        warn!("virtio-block: broken available ring, queue stopped: {e}");
-                        return used_any;
-                    }
-                };
-                let head = chain.head_index();
-                let len = self.execute(chain, mem);
-                if let Err(e) = queue.add_used(mem, head, len) {
-                    warn!("virtio-block: cannot add used buffer: {e}");
-                }
-                used_any = true;
+        while let Some(chain) = next_chain(queue, mem, "virtio-block") {
+            let head = chain.head_index();
+            let len = self.execute(chain, mem);
+            if let Err(e) = queue.add_used(mem, head, len) {
+                warn!("virtio-block: cannot add used buffer: {e}");
             }
-            // Re-check after enabling notifications to close the race with a driver that
-            // added buffers without kicking.
-            match queue.enable_notification(mem) {
-                Ok(true) => continue,
-                Ok(false) => break,
-                Err(e) => {
-                    warn!("virtio-block: cannot enable notifications: {e}");
-                    break;
-                }
-            }
+            used_any = true;
         }
         used_any
     }

@@ -20,7 +20,7 @@ mod tap;
 use std::os::unix::io::RawFd;
 
 use thiserror::Error;
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 pub use block::{Block, BlockError};
@@ -118,10 +118,38 @@ pub(crate) fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
 
 /// Pops the next available descriptor chain. `Err` means the driver published an impossible
 /// avail index; the caller must stop processing the queue rather than spin on it.
-pub(crate) fn pop_chain<'m>(
+fn pop_chain<'m>(
     queue: &mut Queue,
     mem: &'m GuestMemoryMmap,
 ) -> Result<Option<DescriptorChain<&'m GuestMemoryMmap>>, virtio_queue::Error> {
     let mut iter = queue.iter(mem)?;
     Ok(iter.next())
+}
+
+/// The next chain to process, or `None` when the queue is drained (or broken: logged, and the
+/// queue is left alone until the next kick). When it looks empty, notifications are re-enabled
+/// and the ring checked once more, closing the race with a driver that added buffers without
+/// kicking because notifications were off. `what` names the queue in log lines.
+pub(crate) fn next_chain<'m>(
+    queue: &mut Queue,
+    mem: &'m GuestMemoryMmap,
+    what: &str,
+) -> Option<DescriptorChain<&'m GuestMemoryMmap>> {
+    loop {
+        match pop_chain(queue, mem) {
+            Ok(Some(chain)) => return Some(chain),
+            Ok(None) => match queue.enable_notification(mem) {
+                Ok(true) => continue,
+                Ok(false) => return None,
+                Err(e) => {
+                    log::warn!("{what}: cannot enable notifications: {e}");
+                    return None;
+                }
+            },
+            Err(e) => {
+                log::warn!("{what}: broken available ring, queue stopped: {e}");
+                return None;
+            }
+        }
+    }
 }

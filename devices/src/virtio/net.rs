@@ -12,7 +12,7 @@ use vm_memory::GuestMemoryMmap;
 
 use super::tap::{Tap, TapError, VNET_HDR_LEN};
 use super::{
-    has_feature, pop_chain, read_config_bytes, ActivateError, QueueContext, VirtioDevice,
+    has_feature, next_chain, read_config_bytes, ActivateError, QueueContext, VirtioDevice,
     QUEUE_MAX_SIZE, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
 
@@ -105,23 +105,7 @@ impl Net {
     /// buffers it stops reading, so frames wait in the tap's queue until the guest kicks RX.
     fn process_rx(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
         let mut used_any = false;
-        loop {
-            let chain = match pop_chain(queue, mem) {
-                Ok(Some(chain)) => chain,
-                Ok(None) => match queue.enable_notification(mem) {
-                    // Buffers arrived while we were enabling notifications.
-                    Ok(true) => continue,
-                    Ok(false) => break,
-                    Err(e) => {
-                        warn!("virtio-net: cannot enable RX notifications: {e}");
-                        break;
-                    }
-                },
-                Err(e) => {
-                    warn!("virtio-net: broken RX available ring, queue stopped: {e}");
-                    break;
-                }
-            };
+        while let Some(chain) = next_chain(queue, mem, "virtio-net RX") {
             let len = match self.tap.read(&mut self.rx_frame) {
                 Ok(len) => len,
                 Err(e) => {
@@ -179,22 +163,7 @@ impl Net {
     /// Sends every frame the guest queued for transmission to the tap.
     fn process_tx(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
         let mut used_any = false;
-        loop {
-            let chain = match pop_chain(queue, mem) {
-                Ok(Some(chain)) => chain,
-                Ok(None) => match queue.enable_notification(mem) {
-                    Ok(true) => continue,
-                    Ok(false) => break,
-                    Err(e) => {
-                        warn!("virtio-net: cannot enable TX notifications: {e}");
-                        break;
-                    }
-                },
-                Err(e) => {
-                    warn!("virtio-net: broken TX available ring, queue stopped: {e}");
-                    break;
-                }
-            };
+        while let Some(chain) = next_chain(queue, mem, "virtio-net TX") {
             let head = chain.head_index();
             if let Some(len) = self.gather_tx_frame(Reader::new(mem, chain)) {
                 match self.tap.write(&self.tx_frame[..len]) {
