@@ -4,5 +4,12 @@
 //! single-threaded event loop ([`event_loop`]), which owns every device.
 
 pub mod boot;
+pub mod cli;
+pub mod clock;
+pub mod device_manager;
+pub mod event_loop;
 pub mod kernel_store;
 pub mod sandbox;
+pub mod terminal;
+pub mod vcpu;
+pub mod vm;

@@ -1,1 +1,127 @@
 //! Virtio devices on the virtio-mmio transport.
+//!
+//! [`MmioTransport`] speaks the virtio-mmio register protocol (virtio 1.x, version 2) to the
+//! guest driver and owns the virtqueues; a [`VirtioDevice`] (block, net) implements the
+//! device-specific part. Both live on the VMM's single event-loop thread.
+//!
+//! Wiring in the VMM: route MMIO accesses in the device's window to
+//! [`crate::BusDevice`]; register each of [`MmioTransport::queue_events`] as a KVM ioeventfd
+//! at window base + 0x50 with datamatch = queue index and with the loop, calling
+//! [`MmioTransport::handle_queue_event`] when one is readable; watch
+//! [`MmioTransport::event_sources`] (READABLE | WRITABLE, edge-triggered) and call
+//! [`MmioTransport::handle_event_source`]; the `irq_evt` given to [`MmioTransport::new`] is
+//! the KVM irqfd of the device's interrupt line.
+
+mod block;
+mod mmio;
+mod net;
+mod tap;
+
+use std::os::unix::io::RawFd;
+
+use thiserror::Error;
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT};
+use vm_memory::GuestMemoryMmap;
+
+pub use block::{Block, BlockError};
+pub use mmio::MmioTransport;
+pub use net::{Net, NetError};
+pub use tap::{Tap, TapError};
+
+/// Feature bit: the device complies with virtio 1.x (mandatory for this transport).
+pub const VIRTIO_F_VERSION_1: u64 = 1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+/// Feature bit: the used/avail event index notification suppression scheme.
+pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+/// Feature bit: indirect descriptor tables (handled by `virtio-queue`).
+pub const VIRTIO_RING_F_INDIRECT_DESC: u64 =
+    1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
+
+/// Largest queue size the devices here offer.
+pub const QUEUE_MAX_SIZE: u16 = 256;
+
+/// Why a device refused to start when the driver set DRIVER_OK.
+#[derive(Debug, Error)]
+pub enum ActivateError {
+    /// A queue the device needs was not set up (or points outside guest memory).
+    #[error("virtqueue {0} is not ready or not valid in guest memory")]
+    QueueNotReady(usize),
+}
+
+/// What a device sees of the transport while it processes work: guest memory and the
+/// virtqueues, which the transport owns (so it can answer queue registers and decide on
+/// interrupts with `needs_notification`).
+pub struct QueueContext<'a> {
+    /// Guest memory the queues and buffers live in.
+    pub mem: &'a GuestMemoryMmap,
+    /// All virtqueues of the device, by index.
+    pub queues: &'a mut [Queue],
+}
+
+/// The device-specific half of a virtio device.
+///
+/// Every method that processes work returns `true` when it added used buffers to any queue:
+/// the transport then asks each queue whether the driver wants an interrupt (EVENT_IDX).
+/// `Send` so a device can be built on one thread and handed to the event-loop thread; it is
+/// never shared.
+pub trait VirtioDevice: Send {
+    /// Virtio device id (`VIRTIO_ID_BLOCK`, `VIRTIO_ID_NET`, ...).
+    fn device_type(&self) -> u32;
+    /// Maximum size of each queue; its length is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Feature bits the device offers (must include `VIRTIO_F_VERSION_1`).
+    fn avail_features(&self) -> u64;
+    /// Reads `data.len()` bytes of device config space at `offset`. Bytes past the end read 0.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Driver writes to config space; ignored by default (block and net have none writable).
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        log::warn!(
+            "virtio: ignored {}-byte config write at {offset:#x}",
+            data.len()
+        );
+    }
+    /// The driver set DRIVER_OK: start with the negotiated features and the given queues.
+    fn activate(
+        &mut self,
+        acked_features: u64,
+        ctx: &mut QueueContext,
+    ) -> Result<(), ActivateError>;
+    /// The driver notified queue `index`.
+    fn process_queue(&mut self, index: usize, ctx: &mut QueueContext) -> bool;
+    /// Host-side file descriptors the event loop watches for this device (edge-triggered).
+    fn event_sources(&self) -> Vec<RawFd> {
+        Vec::new()
+    }
+    /// Event source `index` (from [`VirtioDevice::event_sources`]) became ready.
+    fn process_event_source(&mut self, _index: usize, _ctx: &mut QueueContext) -> bool {
+        false
+    }
+    /// The driver reset the device: drop all in-flight state and negotiated features.
+    fn reset(&mut self);
+}
+
+/// Tests whether feature `bit` is set in `features`.
+pub(crate) fn has_feature(features: u64, bit: u32) -> bool {
+    features & (1u64 << bit) != 0
+}
+
+/// Copies the bytes of `config` at `offset` into `data`; bytes past the end read as 0.
+pub(crate) fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, byte) in data.iter_mut().enumerate() {
+        *byte = usize::try_from(offset)
+            .ok()
+            .and_then(|o| o.checked_add(i))
+            .and_then(|o| config.get(o))
+            .copied()
+            .unwrap_or(0);
+    }
+}
+
+/// Pops the next available descriptor chain. `Err` means the driver published an impossible
+/// avail index; the caller must stop processing the queue rather than spin on it.
+pub(crate) fn pop_chain<'m>(
+    queue: &mut Queue,
+    mem: &'m GuestMemoryMmap,
+) -> Result<Option<DescriptorChain<&'m GuestMemoryMmap>>, virtio_queue::Error> {
+    let mut iter = queue.iter(mem)?;
+    Ok(iter.next())
+}

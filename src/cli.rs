@@ -1,0 +1,270 @@
+//! Command-line flags of `volt` and the parsers that turn them into a VM description.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::sandbox::SeccompMode;
+use crate::vm::{DiskConfig, NetConfig, MAX_VCPUS};
+
+/// Kernel command line used when `--cmdline` is not given. `reboot=k` makes a guest reboot
+/// go through the i8042 (which ends the VM), `panic=1` turns a panic into such a reboot; the
+/// i8042/8250 options skip probing for hardware a microVM does not have.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 pci=off i8042.noaux i8042.nomux \
+                                   i8042.nopnp i8042.dumbkbd 8250.nr_uarts=1";
+
+/// The smallest guest that makes sense: Linux needs a few MiB just to decompress.
+pub const MIN_MEM_BYTES: u64 = 16 << 20;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "volt",
+    version,
+    about = "Volt: a small, fast, sandboxed KVM micro virtual machine monitor",
+    long_about = "Boots a Linux guest under KVM with its serial console on stdout and stdin.\n\
+                  The guest ends the VM by rebooting (i8042 reset, e.g. `reboot -f`); volt then exits 0.",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Manage the local store of guest kernels (add, list, rm, default, verify).
+    Kernel(crate::kernel_store::KernelArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Guest kernel: a path to an ELF vmlinux or a bzImage, or the name of a kernel in the
+    /// kernel store. Without it, the store's default kernel boots.
+    #[arg(long, value_name = "PATH|NAME")]
+    pub kernel: Option<String>,
+
+    /// Number of vCPUs (1-254).
+    #[arg(long, default_value = "1", value_parser = parse_cpus)]
+    pub cpus: u8,
+
+    /// Guest memory: a number with an optional K, M, G suffix (plain numbers are MiB).
+    #[arg(long, default_value = "128M", value_parser = parse_mem_size, value_name = "SIZE")]
+    pub mem: u64,
+
+    /// Kernel command line, replacing the default. Volt still appends its virtio-mmio device
+    /// announcements, and `root=/dev/vda` when a disk is given and no `root=` is present.
+    #[arg(long, value_name = "STRING")]
+    pub cmdline: Option<String>,
+
+    /// Initial ramdisk to load next to the kernel.
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<PathBuf>,
+
+    /// A disk image served as virtio-block (repeatable; the first is /dev/vda). `,ro` makes it
+    /// read-only.
+    #[arg(long = "disk", value_name = "PATH[,ro]", value_parser = parse_disk)]
+    pub disks: Vec<DiskConfig>,
+
+    /// An existing host tap device served as virtio-net (repeatable), optionally with a MAC.
+    #[arg(long = "net", value_name = "TAP[,mac=xx:xx:xx:xx:xx:xx]", value_parser = parse_net)]
+    pub nets: Vec<NetConfig>,
+
+    /// Directory of the kernel store used to resolve `--kernel NAME`.
+    #[arg(long, value_name = "DIR")]
+    pub store: Option<PathBuf>,
+
+    /// Log level on stderr: error, warn, info, debug or trace (default: RUST_LOG, else warn).
+    #[arg(long, value_name = "LEVEL", value_parser = ["error", "warn", "info", "debug", "trace"])]
+    pub log_level: Option<String>,
+
+    /// What a syscall outside a thread's seccomp allow-list does: kill (the process, SIGSYS),
+    /// errno (the call fails with EPERM), log (allowed, logged by the kernel) or off.
+    #[arg(long, default_value = "kill", value_name = "MODE")]
+    pub seccomp: SeccompMode,
+
+    /// Turn the seccomp filters off (debugging only).
+    #[arg(long)]
+    pub no_seccomp: bool,
+
+    /// Turn the Landlock file-system ruleset off (debugging only).
+    #[arg(long)]
+    pub no_landlock: bool,
+
+    /// Print every thread's seccomp allow-list and exit.
+    #[arg(long)]
+    pub print_seccomp: bool,
+}
+
+impl RunArgs {
+    pub fn seccomp_mode(&self) -> SeccompMode {
+        if self.no_seccomp {
+            SeccompMode::Off
+        } else {
+            self.seccomp
+        }
+    }
+
+    pub fn cmdline(&self) -> &str {
+        self.cmdline.as_deref().unwrap_or(DEFAULT_CMDLINE)
+    }
+}
+
+fn parse_cpus(value: &str) -> Result<u8, String> {
+    let count: u32 = value.trim().parse().map_err(|_| format!("'{value}' is not a number of vCPUs"))?;
+    match u8::try_from(count) {
+        Ok(n) if (1..=MAX_VCPUS).contains(&n) => Ok(n),
+        _ => Err(format!("{count} vCPUs requested; Volt supports 1 to {MAX_VCPUS}")),
+    }
+}
+
+/// Parses `256M`, `1G`, `512MiB`, `65536K` or a plain number of MiB into bytes.
+pub fn parse_mem_size(value: &str) -> Result<u64, String> {
+    let text = value.trim();
+    let digits_end = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits_end);
+    let number: u64 = number.parse().map_err(|_| format!("'{value}' is not a memory size (try 256M or 1G)"))?;
+    let shift = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "M" | "MB" | "MIB" => 20,
+        "K" | "KB" | "KIB" => 10,
+        "G" | "GB" | "GIB" => 30,
+        _ => return Err(format!("'{value}' has an unknown unit '{unit}' (use K, M or G)")),
+    };
+    let bytes = number
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("memory size '{value}' is too large"))?;
+    if bytes < MIN_MEM_BYTES {
+        return Err(format!("memory size '{value}' is below the minimum of {} MiB", MIN_MEM_BYTES >> 20));
+    }
+    if bytes % 4096 != 0 {
+        return Err(format!("memory size '{value}' is not a multiple of 4 KiB"));
+    }
+    let host = host_memory_bytes();
+    if host > 0 && bytes > host {
+        return Err(format!("memory size '{value}' is more than this host's {} MiB of RAM", host >> 20));
+    }
+    Ok(bytes)
+}
+
+fn host_memory_bytes() -> u64 {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let (pages, page_size) = unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
+    if pages <= 0 || page_size <= 0 {
+        return 0;
+    }
+    pages as u64 * page_size as u64
+}
+
+fn parse_disk(value: &str) -> Result<DiskConfig, String> {
+    let mut parts = value.split(',');
+    let path = parts.next().filter(|p| !p.is_empty()).ok_or("--disk needs a path")?;
+    let mut read_only = false;
+    for option in parts {
+        match option {
+            "ro" => read_only = true,
+            "rw" => read_only = false,
+            other => return Err(format!("unknown disk option '{other}' (only 'ro' or 'rw')")),
+        }
+    }
+    Ok(DiskConfig { path: PathBuf::from(path), read_only })
+}
+
+fn parse_net(value: &str) -> Result<NetConfig, String> {
+    let mut parts = value.split(',');
+    let tap = parts.next().filter(|t| !t.is_empty()).ok_or("--net needs a tap device name")?;
+    let mut mac = None;
+    for option in parts {
+        match option.split_once('=') {
+            Some(("mac", text)) => mac = Some(parse_mac(text)?),
+            _ => return Err(format!("unknown network option '{option}' (only mac=xx:xx:xx:xx:xx:xx)")),
+        }
+    }
+    Ok(NetConfig { tap: tap.to_string(), mac })
+}
+
+fn parse_mac(text: &str) -> Result<[u8; 6], String> {
+    let bytes: Vec<u8> = text
+        .split(':')
+        .map(|b| if b.len() == 2 { u8::from_str_radix(b, 16).ok() } else { None })
+        .collect::<Option<_>>()
+        .ok_or_else(|| format!("'{text}' is not a MAC address like 52:54:00:12:34:56"))?;
+    let mac: [u8; 6] = bytes.try_into().map_err(|_| format!("'{text}' is not a MAC address like 52:54:00:12:34:56"))?;
+    if mac[0] & 1 == 1 {
+        return Err(format!("'{text}' is a multicast address; a network card needs a unicast MAC"));
+    }
+    Ok(mac)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("volt").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_are_one_vcpu_and_128_mib() {
+        let cli = parse(&["--kernel", "vmlinux"]).unwrap();
+        assert_eq!(cli.run.cpus, 1);
+        assert_eq!(cli.run.mem, 128 << 20);
+        assert_eq!(cli.run.cmdline(), DEFAULT_CMDLINE);
+        assert!(cli.run.cmdline().starts_with("console=ttyS0 reboot=k panic=1"));
+        assert_eq!(cli.run.seccomp_mode(), SeccompMode::Kill);
+        assert!(!cli.run.no_landlock);
+    }
+
+    #[test]
+    fn memory_sizes_accept_units_and_refuse_nonsense() {
+        assert_eq!(parse_mem_size("256M").unwrap(), 256 << 20);
+        assert_eq!(parse_mem_size("256").unwrap(), 256 << 20);
+        assert_eq!(parse_mem_size("1G").unwrap(), 1 << 30);
+        assert_eq!(parse_mem_size("65536K").unwrap(), 64 << 20);
+        assert_eq!(parse_mem_size("512MiB").unwrap(), 512 << 20);
+        for bad in ["", "abc", "12X", "1M", "-5M", "99999999999G", "100000001K"] {
+            assert!(parse_mem_size(bad).is_err(), "{bad} must be refused");
+        }
+        assert!(parse_mem_size("1M").unwrap_err().contains("minimum"));
+    }
+
+    #[test]
+    fn vcpu_counts_outside_1_to_254_are_refused() {
+        assert_eq!(parse(&["--cpus", "4"]).unwrap().run.cpus, 4);
+        assert_eq!(parse(&["--cpus", "254"]).unwrap().run.cpus, 254);
+        for bad in ["0", "255", "1000", "two"] {
+            let err = parse(&["--cpus", bad]).unwrap_err().to_string();
+            assert!(err.contains("--cpus"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn disks_and_nets_parse_their_options() {
+        let cli = parse(&["--disk", "a.img", "--disk", "b.img,ro", "--net", "tap0,mac=52:54:00:12:34:56"]).unwrap();
+        assert_eq!(
+            cli.run.disks,
+            vec![
+                DiskConfig { path: "a.img".into(), read_only: false },
+                DiskConfig { path: "b.img".into(), read_only: true }
+            ]
+        );
+        assert_eq!(cli.run.nets, vec![NetConfig { tap: "tap0".into(), mac: Some([0x52, 0x54, 0, 0x12, 0x34, 0x56]) }]);
+        assert!(parse(&["--disk", "a.img,rx"]).is_err());
+        assert!(parse(&["--disk", ""]).is_err());
+        assert!(parse(&["--net", "tap0,mac=01:00:00:00:00:01"]).is_err());
+        assert!(parse(&["--net", "tap0,mac=zz"]).is_err());
+        assert!(parse(&["--net", "tap0,speed=10"]).is_err());
+    }
+
+    #[test]
+    fn seccomp_flags() {
+        assert_eq!(parse(&["--no-seccomp"]).unwrap().run.seccomp_mode(), SeccompMode::Off);
+        assert_eq!(parse(&["--seccomp", "errno"]).unwrap().run.seccomp_mode(), SeccompMode::Errno);
+        assert!(parse(&["--seccomp", "maybe"]).is_err());
+    }
+
+    #[test]
+    fn unknown_flags_are_errors() {
+        assert!(parse(&["--kernal", "x"]).is_err());
+    }
+}

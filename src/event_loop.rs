@@ -1,0 +1,239 @@
+//! The single-threaded event loop that owns every device.
+//!
+//! It waits in `epoll` (through mio) for: vCPU exits forwarded over the channel (the vCPUs
+//! wake it with a `mio::Waker`), host console input, the i8042 reset eventfd, virtqueue
+//! ioeventfds and device fds such as taps. Nothing here is shared with another thread, so no
+//! device needs a lock.
+
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+
+use crossbeam_channel::Receiver;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::device_manager::Devices;
+use crate::vcpu::{AddressSpace, IoData, VcpuMessage, VcpuStop};
+
+const VCPU_TOKEN: Token = Token(0);
+const STDIN_TOKEN: Token = Token(1);
+const RESET_TOKEN: Token = Token(2);
+/// Tokens from here on name device event sources, in the order `Devices` lists them.
+const FIRST_DEVICE_TOKEN: usize = 16;
+
+/// Why the VM stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmExit {
+    /// The guest reset the machine through the i8042 (Linux `reboot=k`): a clean end.
+    Reset,
+    /// A vCPU triple-faulted or KVM reported a shutdown/reset system event: a clean end.
+    Shutdown { vcpu: usize },
+    /// A vCPU failed; the VM cannot go on.
+    VcpuError { vcpu: usize, message: String },
+    /// Every vCPU stopped on its own without a reset (e.g. halted without an irqchip).
+    AllVcpusStopped,
+}
+
+impl VmExit {
+    /// The process exit status `volt` reports for this end.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            VmExit::Reset | VmExit::Shutdown { .. } => 0,
+            VmExit::VcpuError { .. } | VmExit::AllVcpusStopped => 1,
+        }
+    }
+}
+
+/// Counters a test or benchmark can read after the run.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct LoopStats {
+    pub pio_exits: u64,
+    pub mmio_exits: u64,
+    /// Accesses no device claimed: (address space, address, is write).
+    pub unhandled: Vec<(AddressSpace, u64, bool)>,
+    pub console_bytes: u64,
+}
+
+/// At most this many unhandled accesses are remembered (they are also logged).
+const MAX_UNHANDLED_RECORDED: usize = 64;
+
+pub struct EventLoop {
+    poll: Poll,
+    /// Held so the waker's eventfd outlives every vCPU thread: closing its last copy would
+    /// drop a wake-up that is still pending.
+    _waker: Arc<Waker>,
+    vcpu_rx: Receiver<VcpuMessage>,
+    devices: Devices,
+    reset_evt: EventFd,
+    stdin: Option<RawFd>,
+    vcpus_running: usize,
+    stats: LoopStats,
+}
+
+impl EventLoop {
+    /// `poll` must be the one the vCPUs' waker was made from (registered as token 0).
+    pub fn new(
+        poll: Poll,
+        waker: Arc<Waker>,
+        vcpu_rx: Receiver<VcpuMessage>,
+        devices: Devices,
+        reset_evt: EventFd,
+        stdin: Option<RawFd>,
+        vcpu_count: usize,
+    ) -> io::Result<Self> {
+        let registry = poll.registry();
+        registry.register(&mut SourceFd(&reset_evt.as_raw_fd()), RESET_TOKEN, Interest::READABLE)?;
+        // Regular files and /dev/null cannot be polled: then the guest simply gets no input.
+        let stdin = stdin.filter(|fd| {
+            match registry.register(&mut SourceFd(fd), STDIN_TOKEN, Interest::READABLE) {
+                Ok(()) => true,
+                Err(e) => {
+                    log::debug!("console input disabled: stdin cannot be polled ({e})");
+                    false
+                }
+            }
+        });
+        for (index, (fd, interest)) in devices.event_sources().into_iter().enumerate() {
+            registry.register(&mut SourceFd(&fd), Token(FIRST_DEVICE_TOKEN + index), interest)?;
+        }
+        Ok(EventLoop {
+            poll,
+            _waker: waker,
+            vcpu_rx,
+            devices,
+            reset_evt,
+            stdin,
+            vcpus_running: vcpu_count,
+            stats: LoopStats::default(),
+        })
+    }
+
+    /// Serves the VM until it ends.
+    pub fn run(mut self) -> io::Result<(VmExit, LoopStats)> {
+        let mut events = Events::with_capacity(64);
+        loop {
+            if let Err(e) = self.poll.poll(&mut events, None) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            for event in events.iter() {
+                let outcome = match event.token() {
+                    VCPU_TOKEN => self.drain_vcpu_messages(),
+                    STDIN_TOKEN => {
+                        self.read_console_input();
+                        None
+                    }
+                    RESET_TOKEN => {
+                        let _ = self.reset_evt.read();
+                        Some(VmExit::Reset)
+                    }
+                    Token(token) => {
+                        self.devices.handle_event_source(token - FIRST_DEVICE_TOKEN);
+                        None
+                    }
+                };
+                if let Some(exit) = outcome {
+                    self.finish();
+                    return Ok((exit, self.stats));
+                }
+            }
+            self.flush_console();
+        }
+    }
+
+    fn finish(&mut self) {
+        self.flush_console();
+        self.stats.console_bytes = self.devices.serial.bytes_out();
+    }
+
+    fn flush_console(&mut self) {
+        if let Err(e) = self.devices.serial.flush_output() {
+            log::warn!("console output failed: {e}");
+        }
+    }
+
+    fn drain_vcpu_messages(&mut self) -> Option<VmExit> {
+        while let Ok(message) = self.vcpu_rx.try_recv() {
+            match message {
+                VcpuMessage::Write { space, addr, data, .. } => {
+                    self.count_exit(space);
+                    if !self.devices.write(space, addr, data.as_slice()) {
+                        self.record_unhandled(space, addr, true);
+                    }
+                }
+                VcpuMessage::Read { space, addr, len, reply, .. } => {
+                    self.count_exit(space);
+                    let mut data = IoData { len, bytes: [0; 8] };
+                    if !self.devices.read(space, addr, data.as_mut_slice()) {
+                        self.record_unhandled(space, addr, false);
+                    }
+                    // The vCPU may already be gone when the VM is stopping.
+                    let _ = reply.send(data);
+                }
+                VcpuMessage::Stopped { vcpu, reason } => match reason {
+                    VcpuStop::Shutdown | VcpuStop::SystemEvent(_) => {
+                        return Some(VmExit::Shutdown { vcpu })
+                    }
+                    VcpuStop::Error(message) => return Some(VmExit::VcpuError { vcpu, message }),
+                    VcpuStop::Requested => {
+                        self.vcpus_running = self.vcpus_running.saturating_sub(1);
+                        if self.vcpus_running == 0 {
+                            return Some(VmExit::AllVcpusStopped);
+                        }
+                    }
+                },
+            }
+        }
+        None
+    }
+
+    fn count_exit(&mut self, space: AddressSpace) {
+        match space {
+            AddressSpace::Pio => self.stats.pio_exits += 1,
+            AddressSpace::Mmio => self.stats.mmio_exits += 1,
+        }
+    }
+
+    fn record_unhandled(&mut self, space: AddressSpace, addr: u64, is_write: bool) {
+        log::debug!("unhandled {space:?} {} at {addr:#x}", if is_write { "write" } else { "read" });
+        if self.stats.unhandled.len() < MAX_UNHANDLED_RECORDED {
+            self.stats.unhandled.push((space, addr, is_write));
+        }
+    }
+
+    /// Reads host input until the fd is drained (mio is edge-triggered) or the guest's
+    /// pending-input buffer is full.
+    fn read_console_input(&mut self) {
+        let Some(fd) = self.stdin else { return };
+        let mut buf = [0u8; 256];
+        while self.devices.serial.wants_input() {
+            match read_fd(fd, &mut buf) {
+                Ok(0) => {
+                    // End of input: stop watching it.
+                    let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+                    self.stdin = None;
+                    return;
+                }
+                Ok(n) => self.devices.serial.queue_input(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    log::warn!("console input failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn read_fd(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `fd` stays open for the life of the loop; `buf` is a valid writable buffer.
+    let mut file = std::mem::ManuallyDrop::new(unsafe {
+        <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd)
+    });
+    file.read(buf)
+}

@@ -1,0 +1,519 @@
+//! Seccomp-BPF allow-lists, one per thread kind, in the spirit of Firecracker's filters.
+//!
+//! Each thread installs its own filter (no TSYNC) once its set-up is over, so the list only has
+//! to cover what the thread does while the guest runs. The lists are plain tables
+//! ([`AllowedSyscall`]) so that the same data builds the BPF program and prints
+//! `volt --print-seccomp`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::{self, Write};
+use std::str::FromStr;
+
+use seccompiler::{
+    BackendError, BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition,
+    SeccompFilter, SeccompRule, TargetArch,
+};
+
+use super::SandboxError;
+
+/// The threads of the VMM; each gets its own allow-list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ThreadKind {
+    /// A vCPU worker: loops on `KVM_RUN` and forwards exits to the event loop.
+    Vcpu,
+    /// The single-threaded mio loop that owns every device.
+    EventLoop,
+    /// The main thread once the others are running: waits, then restores the terminal.
+    Main,
+}
+
+impl ThreadKind {
+    pub const ALL: [ThreadKind; 3] = [ThreadKind::Vcpu, ThreadKind::EventLoop, ThreadKind::Main];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ThreadKind::Vcpu => "vcpu",
+            ThreadKind::EventLoop => "event-loop",
+            ThreadKind::Main => "main",
+        }
+    }
+}
+
+impl fmt::Display for ThreadKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What happens to a system call that is not on the allow-list.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SeccompMode {
+    /// Kill the whole process with SIGSYS (production default).
+    #[default]
+    Kill,
+    /// Fail the call with EPERM (debugging: the VMM keeps running and reports the error).
+    Errno,
+    /// Allow the call but log it to the kernel audit log (to grow the lists).
+    Log,
+    /// No filter at all (`--no-seccomp`).
+    Off,
+}
+
+impl SeccompMode {
+    fn mismatch_action(self) -> Option<SeccompAction> {
+        match self {
+            SeccompMode::Kill => Some(SeccompAction::KillProcess),
+            SeccompMode::Errno => Some(SeccompAction::Errno(libc::EPERM as u32)),
+            SeccompMode::Log => Some(SeccompAction::Log),
+            SeccompMode::Off => None,
+        }
+    }
+}
+
+impl FromStr for SeccompMode {
+    type Err = SandboxError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "kill" => Ok(SeccompMode::Kill),
+            "errno" => Ok(SeccompMode::Errno),
+            "log" => Ok(SeccompMode::Log),
+            "off" => Ok(SeccompMode::Off),
+            other => Err(SandboxError::UnknownSeccompMode(other.to_string())),
+        }
+    }
+}
+
+impl fmt::Display for SeccompMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SeccompMode::Kill => "kill",
+            SeccompMode::Errno => "errno",
+            SeccompMode::Log => "log",
+            SeccompMode::Off => "off",
+        })
+    }
+}
+
+/// The condition a call's arguments must meet for the call to be allowed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ArgRule {
+    /// Any arguments.
+    Any,
+    /// The 32-bit argument `arg` equals one of the named values (ioctl request numbers).
+    OneOf {
+        arg: u8,
+        values: &'static [(&'static str, u64)],
+    },
+    /// Every bit of `mask` is clear in argument `arg` (e.g. no PROT_EXEC).
+    BitsClear {
+        arg: u8,
+        mask: u64,
+        mask_name: &'static str,
+    },
+    /// Every bit of `mask` is set in argument `arg` (e.g. AT_EMPTY_PATH: fd-only stat).
+    BitsSet {
+        arg: u8,
+        mask: u64,
+        mask_name: &'static str,
+    },
+    /// Argument `arg` is this process's id, read when the filter is built (signals stay inside
+    /// the VMM).
+    OwnPid { arg: u8 },
+}
+
+/// One line of an allow-list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AllowedSyscall {
+    pub name: &'static str,
+    pub nr: i64,
+    pub rule: ArgRule,
+    /// Why the thread needs it (printed by `--print-seccomp`).
+    pub why: &'static str,
+}
+
+const fn allow(name: &'static str, nr: i64, why: &'static str) -> AllowedSyscall {
+    AllowedSyscall {
+        name,
+        nr,
+        rule: ArgRule::Any,
+        why,
+    }
+}
+
+const fn allow_if(name: &'static str, nr: i64, rule: ArgRule, why: &'static str) -> AllowedSyscall {
+    AllowedSyscall {
+        name,
+        nr,
+        rule,
+        why,
+    }
+}
+
+// ioctl request numbers (x86_64 / generic Linux encoding).
+/// `_IO(KVMIO = 0xAE, 0x80)`.
+pub const KVM_RUN: u64 = 0xAE80;
+/// `_IOW('T', 208, unsigned int)`.
+pub const TUNSETOFFLOAD: u64 = 0x4004_54D0;
+// libc's `Ioctl` is c_ulong on glibc but c_int on musl, hence the casts.
+#[allow(clippy::unnecessary_cast)]
+pub const TCGETS: u64 = libc::TCGETS as u64;
+#[allow(clippy::unnecessary_cast)]
+pub const TCSETS: u64 = libc::TCSETS as u64;
+#[allow(clippy::unnecessary_cast)]
+pub const TCSETSW: u64 = libc::TCSETSW as u64;
+
+const NO_EXEC: ArgRule = ArgRule::BitsClear {
+    arg: 2,
+    mask: libc::PROT_EXEC as u64,
+    mask_name: "PROT_EXEC",
+};
+
+/// Needed by every thread: allocation, synchronisation, signals, logging, exit.
+const COMMON: &[AllowedSyscall] = &[
+    allow(
+        "futex",
+        libc::SYS_futex,
+        "channel / mutex / join wait and wake",
+    ),
+    allow(
+        "sched_yield",
+        libc::SYS_sched_yield,
+        "crossbeam-channel spin back-off",
+    ),
+    allow_if(
+        "mmap",
+        libc::SYS_mmap,
+        NO_EXEC,
+        "memory allocation, never executable",
+    ),
+    allow_if(
+        "mprotect",
+        libc::SYS_mprotect,
+        NO_EXEC,
+        "glibc malloc grows thread arenas, never executable",
+    ),
+    allow(
+        "munmap",
+        libc::SYS_munmap,
+        "memory release, thread stack teardown",
+    ),
+    allow("mremap", libc::SYS_mremap, "realloc of large buffers"),
+    allow("brk", libc::SYS_brk, "heap growth"),
+    allow(
+        "madvise",
+        libc::SYS_madvise,
+        "free memory back (malloc trim, thread exit)",
+    ),
+    allow(
+        "rt_sigreturn",
+        libc::SYS_rt_sigreturn,
+        "return from a signal handler (vCPU kick)",
+    ),
+    allow(
+        "rt_sigprocmask",
+        libc::SYS_rt_sigprocmask,
+        "signal masking in glibc and at thread exit",
+    ),
+    allow(
+        "sigaltstack",
+        libc::SYS_sigaltstack,
+        "Rust stack-overflow guard, removed at thread exit",
+    ),
+    allow(
+        "clock_gettime",
+        libc::SYS_clock_gettime,
+        "log timestamps, timeouts (vDSO fallback)",
+    ),
+    allow("getrandom", libc::SYS_getrandom, "hash map seeds"),
+    allow(
+        "write",
+        libc::SYS_write,
+        "stderr logging, eventfd signalling",
+    ),
+    allow("close", libc::SYS_close, "dropping file descriptors"),
+    allow_if(
+        "fcntl",
+        libc::SYS_fcntl,
+        ArgRule::OneOf {
+            arg: 1,
+            values: &[("F_GETFD", libc::F_GETFD as u64)],
+        },
+        "debug builds of std check an OwnedFd is open before closing it",
+    ),
+    allow(
+        "restart_syscall",
+        libc::SYS_restart_syscall,
+        "resume a wait interrupted by a signal",
+    ),
+    allow("exit", libc::SYS_exit, "thread exit"),
+    allow("exit_group", libc::SYS_exit_group, "process exit"),
+];
+
+/// A vCPU thread only runs the guest; its fds, registers and memory are set up before.
+const VCPU: &[AllowedSyscall] = &[allow_if(
+    "ioctl",
+    libc::SYS_ioctl,
+    ArgRule::OneOf {
+        arg: 1,
+        values: &[("KVM_RUN", KVM_RUN), ("TCGETS", TCGETS)],
+    },
+    "run the guest; env_logger asks whether stderr is a terminal on every record",
+)];
+
+/// The event loop moves bytes between devices and their host back-ends.
+const EVENT_LOOP: &[AllowedSyscall] = &[
+    allow("epoll_wait", libc::SYS_epoll_wait, "mio poll"),
+    allow("epoll_pwait", libc::SYS_epoll_pwait, "mio poll"),
+    allow("epoll_ctl", libc::SYS_epoll_ctl, "mio (re)registration"),
+    allow("read", libc::SYS_read, "stdin, eventfds, ioeventfds, tap"),
+    allow("readv", libc::SYS_readv, "tap frames into guest buffers"),
+    allow(
+        "writev",
+        libc::SYS_writev,
+        "tap frames out of guest buffers",
+    ),
+    allow("pread64", libc::SYS_pread64, "disk image reads"),
+    allow("pwrite64", libc::SYS_pwrite64, "disk image writes"),
+    allow("preadv", libc::SYS_preadv, "disk image scatter reads"),
+    allow("pwritev", libc::SYS_pwritev, "disk image gather writes"),
+    allow("lseek", libc::SYS_lseek, "disk image size / position"),
+    allow("fsync", libc::SYS_fsync, "virtio-blk flush"),
+    allow("fdatasync", libc::SYS_fdatasync, "virtio-blk flush"),
+    allow("fstat", libc::SYS_fstat, "disk image size"),
+    allow_if(
+        "statx",
+        libc::SYS_statx,
+        ArgRule::BitsSet {
+            arg: 2,
+            mask: libc::AT_EMPTY_PATH as u64,
+            mask_name: "AT_EMPTY_PATH",
+        },
+        "Rust File::metadata on an open fd",
+    ),
+    allow(
+        "getpid",
+        libc::SYS_getpid,
+        "pthread_kill looks up its own pid",
+    ),
+    allow_if(
+        "tgkill",
+        libc::SYS_tgkill,
+        ArgRule::OwnPid { arg: 0 },
+        "kick a vCPU thread out of KVM_RUN, own process only",
+    ),
+    allow_if(
+        "ioctl",
+        libc::SYS_ioctl,
+        ArgRule::OneOf {
+            arg: 1,
+            values: &[
+                ("TUNSETOFFLOAD", TUNSETOFFLOAD),
+                ("TCGETS", TCGETS),
+                ("TCSETS", TCSETS),
+            ],
+        },
+        "tap offloads from virtio-net features, serial console terminal mode",
+    ),
+];
+
+/// The main thread, once the VM runs, waits for the others and restores the terminal.
+const MAIN: &[AllowedSyscall] = &[allow_if(
+    "ioctl",
+    libc::SYS_ioctl,
+    ArgRule::OneOf {
+        arg: 1,
+        values: &[("TCGETS", TCGETS), ("TCSETS", TCSETS), ("TCSETSW", TCSETSW)],
+    },
+    "restore the terminal",
+)];
+
+/// The complete allow-list of a thread kind: the common part followed by its own.
+pub fn allowed_syscalls(kind: ThreadKind) -> Vec<AllowedSyscall> {
+    let own = match kind {
+        ThreadKind::Vcpu => VCPU,
+        ThreadKind::EventLoop => EVENT_LOOP,
+        ThreadKind::Main => MAIN,
+    };
+    COMMON.iter().chain(own).copied().collect()
+}
+
+fn condition(arg: u8, op: SeccompCmpOp, value: u64) -> Result<SeccompCondition, BackendError> {
+    // Dword compares the low 32 bits: ioctl requests, flags and pids are 32-bit in the kernel,
+    // whatever the caller left in the upper half of the register.
+    SeccompCondition::new(arg, SeccompCmpArgLen::Dword, op, value)
+}
+
+/// The seccompiler rule chain for one entry: empty means "any arguments"; several rules are
+/// alternatives.
+fn rule_chain(entry: &AllowedSyscall, own_pid: u64) -> Result<Vec<SeccompRule>, BackendError> {
+    let single = |cond| SeccompRule::new(vec![cond]).map(|rule| vec![rule]);
+    match entry.rule {
+        ArgRule::Any => Ok(Vec::new()),
+        ArgRule::OneOf { arg, values } => values
+            .iter()
+            .map(|&(_, value)| SeccompRule::new(vec![condition(arg, SeccompCmpOp::Eq, value)?]))
+            .collect(),
+        ArgRule::BitsClear { arg, mask, .. } => {
+            single(condition(arg, SeccompCmpOp::MaskedEq(mask), 0)?)
+        }
+        ArgRule::BitsSet { arg, mask, .. } => {
+            single(condition(arg, SeccompCmpOp::MaskedEq(mask), mask)?)
+        }
+        ArgRule::OwnPid { arg } => single(condition(arg, SeccompCmpOp::Eq, own_pid)?),
+    }
+}
+
+/// Builds the BPF program for `kind`; `None` when `mode` is [`SeccompMode::Off`].
+pub fn filter_for(kind: ThreadKind, mode: SeccompMode) -> Result<Option<BpfProgram>, SandboxError> {
+    let Some(mismatch_action) = mode.mismatch_action() else {
+        return Ok(None);
+    };
+    // SAFETY: getpid has no preconditions and cannot fail.
+    let own_pid = unsafe { libc::getpid() } as u64;
+    let build_err = |source| SandboxError::BuildFilter { kind, source };
+
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    for entry in allowed_syscalls(kind) {
+        let chain = rule_chain(&entry, own_pid).map_err(build_err)?;
+        rules.insert(entry.nr, chain);
+    }
+    let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(build_err)?;
+    let filter = SeccompFilter::new(rules, mismatch_action, SeccompAction::Allow, arch)
+        .map_err(build_err)?;
+    let program = BpfProgram::try_from(filter)
+        .map_err(|source| SandboxError::CompileFilter { kind, source })?;
+    Ok(Some(program))
+}
+
+/// Installs the filter of `kind` on the calling thread only (threads spawned by it afterwards
+/// inherit it). Also sets no_new_privs, which seccomp requires of unprivileged callers.
+pub fn apply_seccomp(kind: ThreadKind, mode: SeccompMode) -> Result<(), SandboxError> {
+    match filter_for(kind, mode)? {
+        Some(program) => seccompiler::apply_filter(&program)
+            .map_err(|source| SandboxError::InstallFilter { kind, source }),
+        None => {
+            log::warn!("seccomp is off: the {kind} thread runs without a system-call filter");
+            Ok(())
+        }
+    }
+}
+
+fn describe_rule(rule: &ArgRule) -> String {
+    match *rule {
+        ArgRule::Any => "any arguments".to_string(),
+        ArgRule::OneOf { arg, values } => {
+            let names: Vec<String> = values
+                .iter()
+                .map(|(name, value)| format!("{name} ({value:#x})"))
+                .collect();
+            format!("arg{arg} one of {}", names.join(", "))
+        }
+        ArgRule::BitsClear { arg, mask_name, .. } => format!("arg{arg} without {mask_name}"),
+        ArgRule::BitsSet { arg, mask_name, .. } => format!("arg{arg} with {mask_name}"),
+        ArgRule::OwnPid { arg } => format!("arg{arg} == own pid"),
+    }
+}
+
+/// Human-readable listing of every thread kind's allow-list (`volt --print-seccomp`).
+pub fn describe_filters(out: &mut impl Write) -> io::Result<()> {
+    writeln!(
+        out,
+        "Seccomp allow-lists ({}); any other system call kills the process with SIGSYS \
+         (--seccomp=errno: fails with EPERM, --seccomp=log: allowed and logged).",
+        std::env::consts::ARCH
+    )?;
+    for kind in ThreadKind::ALL {
+        let list = allowed_syscalls(kind);
+        writeln!(out, "\n[{kind}] {} system calls", list.len())?;
+        for entry in &list {
+            writeln!(
+                out,
+                "  {:<16} {:<48} {}",
+                entry.name,
+                describe_rule(&entry.rule),
+                entry.why
+            )?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn every_kind_and_mode_builds() {
+        for kind in ThreadKind::ALL {
+            for mode in [SeccompMode::Kill, SeccompMode::Errno, SeccompMode::Log] {
+                let program = filter_for(kind, mode).unwrap().expect("a filter");
+                assert!(
+                    program.len() > 10 && program.len() < 4096,
+                    "{kind}: {}",
+                    program.len()
+                );
+            }
+            assert!(filter_for(kind, SeccompMode::Off).unwrap().is_none());
+        }
+    }
+
+    #[test]
+    fn no_syscall_listed_twice_for_a_kind() {
+        // A duplicate would silently replace the earlier rule chain in the BTreeMap.
+        for kind in ThreadKind::ALL {
+            let mut seen = HashSet::new();
+            for entry in allowed_syscalls(kind) {
+                assert!(seen.insert(entry.nr), "{kind}: {} listed twice", entry.name);
+            }
+        }
+    }
+
+    #[test]
+    fn dangerous_calls_are_never_allowed() {
+        let forbidden = [
+            libc::SYS_execve,
+            libc::SYS_execveat,
+            libc::SYS_open,
+            libc::SYS_openat,
+            libc::SYS_socket,
+            libc::SYS_connect,
+            libc::SYS_clone,
+            libc::SYS_clone3,
+            libc::SYS_fork,
+            libc::SYS_ptrace,
+            libc::SYS_kill,
+        ];
+        for kind in ThreadKind::ALL {
+            for entry in allowed_syscalls(kind) {
+                assert!(
+                    !forbidden.contains(&entry.nr),
+                    "{kind} allows {}",
+                    entry.name
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn mode_parses_from_cli_words() {
+        assert_eq!("kill".parse::<SeccompMode>().unwrap(), SeccompMode::Kill);
+        assert_eq!("errno".parse::<SeccompMode>().unwrap(), SeccompMode::Errno);
+        assert_eq!("log".parse::<SeccompMode>().unwrap(), SeccompMode::Log);
+        assert_eq!("off".parse::<SeccompMode>().unwrap(), SeccompMode::Off);
+        let err = "trap".parse::<SeccompMode>().unwrap_err();
+        assert!(err.to_string().contains("`trap`"), "{err}");
+    }
+
+    #[test]
+    fn ioctl_numbers_match_the_kernel_encoding() {
+        // _IO(type, nr) = type << 8 | nr; _IOW adds direction 1 << 30 and size << 16.
+        assert_eq!(KVM_RUN, (0xAE << 8) | 0x80);
+        assert_eq!(
+            TUNSETOFFLOAD,
+            (1 << 30) | (4 << 16) | ((b'T' as u64) << 8) | 208
+        );
+    }
+}

@@ -1,0 +1,220 @@
+//! vCPU worker threads.
+//!
+//! Each thread owns one `VcpuFd` and runs `KVM_RUN` in a loop. It handles no device itself:
+//! port-I/O and MMIO exits become [`VcpuMessage`]s on a channel to the event loop, which owns
+//! every device. Writes are posted (the vCPU goes on at once, ordering is kept by the channel);
+//! reads wait for the loop's answer.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Once};
+use std::thread::{self, JoinHandle};
+
+use crossbeam_channel::{bounded, Sender};
+use kvm_bindings::{KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use mio::Waker;
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+use crate::clock;
+use crate::sandbox::{apply_seccomp, SeccompMode, ThreadKind};
+
+/// Port-I/O or MMIO.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddressSpace {
+    Pio,
+    Mmio,
+}
+
+/// Up to 8 bytes moved by one guest access.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IoData {
+    pub len: usize,
+    pub bytes: [u8; 8],
+}
+
+impl IoData {
+    pub fn from_slice(data: &[u8]) -> Self {
+        let mut io = IoData { len: data.len().min(8), bytes: [0; 8] };
+        io.bytes[..io.len].copy_from_slice(&data[..io.len]);
+        io
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        &mut self.bytes[..self.len]
+    }
+}
+
+/// Why a vCPU stopped running guest code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VcpuStop {
+    /// Triple fault or `KVM_EXIT_SHUTDOWN`: the guest reset the machine.
+    Shutdown,
+    /// `KVM_SYSTEM_EVENT_RESET` / `_SHUTDOWN`.
+    SystemEvent(u32),
+    /// The VMM asked the thread to stop.
+    Requested,
+    /// KVM reported a failure the guest cannot recover from.
+    Error(String),
+}
+
+/// What a vCPU thread sends to the event loop.
+#[derive(Debug)]
+pub enum VcpuMessage {
+    Write { vcpu: usize, space: AddressSpace, addr: u64, data: IoData },
+    Read { vcpu: usize, space: AddressSpace, addr: u64, len: usize, reply: Sender<IoData> },
+    Stopped { vcpu: usize, reason: VcpuStop },
+}
+
+/// The loop's end of the vCPU channels, plus the wake-up that makes its `poll` return.
+#[derive(Clone)]
+pub struct LoopLink {
+    pub sender: Sender<VcpuMessage>,
+    pub waker: Arc<Waker>,
+}
+
+impl LoopLink {
+    fn send(&self, message: VcpuMessage) -> bool {
+        if self.sender.send(message).is_err() {
+            return false; // the loop is gone: the VM is being torn down
+        }
+        if let Err(e) = self.waker.wake() {
+            log::error!("cannot wake the event loop: {e}");
+        }
+        true
+    }
+}
+
+/// The signal that interrupts `KVM_RUN` so a vCPU thread notices it must stop.
+pub fn kick_signal() -> i32 {
+    SIGRTMIN()
+}
+
+fn install_kick_handler() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+        if let Err(e) = register_signal_handler(kick_signal(), on_kick) {
+            log::error!("cannot install the vCPU kick handler: {e}");
+        }
+    });
+}
+
+/// A running vCPU thread.
+pub struct VcpuHandle {
+    index: usize,
+    thread: JoinHandle<()>,
+}
+
+impl VcpuHandle {
+    /// Interrupts `KVM_RUN` until the thread has seen `stop` and ended. A single signal can
+    /// arrive just before the thread enters `KVM_RUN` and be lost, hence the repetition.
+    pub fn stop_and_join(self) {
+        while !self.thread.is_finished() {
+            if let Err(e) = self.thread.kill(kick_signal()) {
+                log::debug!("kick of vcpu{} failed: {e}", self.index);
+            }
+            thread::sleep(std::time::Duration::from_millis(1));
+        }
+        if self.thread.join().is_err() {
+            log::error!("vcpu{} thread panicked", self.index);
+        }
+    }
+}
+
+/// Starts the worker thread for `vcpu`.
+pub fn spawn_vcpu(
+    index: usize,
+    vcpu: VcpuFd,
+    link: LoopLink,
+    stop: Arc<AtomicBool>,
+    seccomp: SeccompMode,
+) -> std::io::Result<VcpuHandle> {
+    install_kick_handler();
+    let thread = thread::Builder::new().name(format!("volt-vcpu{index}")).spawn(move || {
+        if let Err(e) = apply_seccomp(ThreadKind::Vcpu, seccomp) {
+            let reason = VcpuStop::Error(format!("cannot install the vCPU seccomp filter: {e}"));
+            link.send(VcpuMessage::Stopped { vcpu: index, reason });
+            return;
+        }
+        let reason = run_vcpu(index, vcpu, &link, &stop);
+        log::debug!("vcpu{index} stopped: {reason:?}");
+        link.send(VcpuMessage::Stopped { vcpu: index, reason });
+    })?;
+    Ok(VcpuHandle { index, thread })
+}
+
+fn run_vcpu(index: usize, mut vcpu: VcpuFd, link: &LoopLink, stop: &AtomicBool) -> VcpuStop {
+    // One reply channel per thread, reused for every read.
+    let (reply_tx, reply_rx) = bounded::<IoData>(1);
+    let read = |space, addr, data: &mut [u8]| -> bool {
+        let len = data.len().min(8);
+        let request = VcpuMessage::Read { vcpu: index, space, addr, len, reply: reply_tx.clone() };
+        if !link.send(request) {
+            return false;
+        }
+        match reply_rx.recv() {
+            Ok(answer) => {
+                data[..len].copy_from_slice(&answer.as_slice()[..len]);
+                true
+            }
+            Err(_) => false,
+        }
+    };
+    if index == 0 {
+        log::info!("vcpu0 entered guest after {} us", clock::since_start().as_micros());
+    }
+    loop {
+        if stop.load(Ordering::Acquire) {
+            return VcpuStop::Requested;
+        }
+        let delivered = match vcpu.run() {
+            Ok(VcpuExit::IoOut(port, data)) => link.send(VcpuMessage::Write {
+                vcpu: index,
+                space: AddressSpace::Pio,
+                addr: port.into(),
+                data: IoData::from_slice(data),
+            }),
+            Ok(VcpuExit::IoIn(port, data)) => read(AddressSpace::Pio, port.into(), data),
+            Ok(VcpuExit::MmioWrite(addr, data)) => link.send(VcpuMessage::Write {
+                vcpu: index,
+                space: AddressSpace::Mmio,
+                addr,
+                data: IoData::from_slice(data),
+            }),
+            Ok(VcpuExit::MmioRead(addr, data)) => read(AddressSpace::Mmio, addr, data),
+            Ok(VcpuExit::Shutdown) => return VcpuStop::Shutdown,
+            Ok(VcpuExit::SystemEvent(kind, _))
+                if matches!(
+                    kind,
+                    KVM_SYSTEM_EVENT_SHUTDOWN | KVM_SYSTEM_EVENT_RESET | KVM_SYSTEM_EVENT_CRASH
+                ) =>
+            {
+                return VcpuStop::SystemEvent(kind)
+            }
+            // Without an in-kernel LAPIC a halted CPU never wakes again.
+            Ok(VcpuExit::Hlt) => return VcpuStop::Error("vCPU halted with no way to wake".into()),
+            Ok(VcpuExit::Intr) | Ok(VcpuExit::IrqWindowOpen) => true,
+            Ok(VcpuExit::FailEntry(reason, cpu)) => {
+                return VcpuStop::Error(format!(
+                    "KVM could not enter the guest (hardware reason {reason:#x} on cpu {cpu})"
+                ))
+            }
+            Ok(VcpuExit::InternalError) => {
+                return VcpuStop::Error("KVM internal error (emulation failure)".into())
+            }
+            Ok(other) => return VcpuStop::Error(format!("unexpected KVM exit {other:?}")),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                vcpu.set_kvm_immediate_exit(0);
+                true
+            }
+            Err(e) => return VcpuStop::Error(format!("KVM_RUN failed: {e}")),
+        };
+        if !delivered {
+            return VcpuStop::Requested;
+        }
+    }
+}

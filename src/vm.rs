@@ -1,0 +1,394 @@
+//! Builds a VM from a [`VmConfig`] and runs it: KVM objects, guest memory, boot state, devices,
+//! then one thread per vCPU plus the event-loop thread.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::fd::RawFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+
+use crossbeam_channel::bounded;
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{IoEventAddress, Kvm, VcpuFd, VmFd};
+use mio::{Poll, Token, Waker};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use devices::i8042::I8042;
+use devices::serial::SerialConsole;
+use devices::virtio::{Block, MmioTransport, Net, VirtioDevice};
+
+use crate::boot::{self, BootError};
+use crate::device_manager::{
+    virtio_cmdline_entry, virtio_slot, Devices, VirtioSlot, SERIAL_IRQ, VIRTIO_IRQS, VIRTIO_MMIO_QUEUE_NOTIFY,
+};
+use crate::event_loop::{EventLoop, LoopStats, VmExit};
+use crate::sandbox::{apply_seccomp, SeccompMode, ThreadKind};
+use crate::vcpu::{spawn_vcpu, LoopLink, VcpuHandle};
+
+/// The most vCPUs the MP table can describe (I/O APIC id = vCPU count must stay below 255).
+pub const MAX_VCPUS: u8 = 254;
+
+/// What the guest runs.
+pub enum BootSource {
+    /// A Linux kernel (ELF vmlinux or bzImage) booted through the 64-bit boot protocol.
+    Linux { kernel: PathBuf, initrd: Option<PathBuf>, cmdline: String },
+    /// Bare machine code copied to `load_addr`; every vCPU starts there in 64-bit mode with
+    /// its index in RDI. Used by the tests to run tiny guests through the real VMM.
+    Raw { code: Vec<u8>, load_addr: u64 },
+}
+
+/// A host file served to the guest as a virtio-block disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskConfig {
+    pub path: PathBuf,
+    pub read_only: bool,
+}
+
+/// A host tap device behind a virtio-net card.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetConfig {
+    pub tap: String,
+    pub mac: Option<[u8; 6]>,
+}
+
+pub struct VmConfig {
+    pub vcpus: u8,
+    pub mem_bytes: u64,
+    pub boot: BootSource,
+    /// The first disk is /dev/vda.
+    pub disks: Vec<DiskConfig>,
+    pub nets: Vec<NetConfig>,
+    /// Where the guest's serial console goes.
+    pub console_out: Box<dyn Write + Send>,
+    /// Host input for the guest's serial console (stdin), if any.
+    pub console_in: Option<RawFd>,
+    pub seccomp: SeccompMode,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("/dev/kvm does not exist: this host has no KVM (load kvm_intel or kvm_amd, or enable virtualization)")]
+    KvmMissing,
+    #[error("no permission to open /dev/kvm: run as root or add your user to the 'kvm' group")]
+    KvmPermission,
+    #[error("cannot open /dev/kvm: {0}")]
+    KvmOpen(#[source] kvm_ioctls::Error),
+    #[error("--cpus must be between 1 and {MAX_VCPUS}, not {0}")]
+    BadVcpuCount(u8),
+    #[error("cannot open {what} {path}: {source}")]
+    OpenFile { what: &'static str, path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    #[error("KVM {what} failed: {source}")]
+    Kvm { what: &'static str, source: kvm_ioctls::Error },
+    #[error("{what} failed: {source}")]
+    Io { what: &'static str, source: io::Error },
+    #[error("disk {path}: {source}")]
+    Disk { path: PathBuf, source: devices::virtio::BlockError },
+    #[error("network device on tap '{tap}': {source}")]
+    Net { tap: String, source: devices::virtio::NetError },
+    #[error("too many virtio devices: at most {} disks and network cards together", VIRTIO_IRQS.len())]
+    TooManyDevices,
+    #[error("the event loop failed: {0}")]
+    EventLoop(io::Error),
+    #[error("the event loop thread panicked")]
+    EventLoopPanicked,
+}
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::Kvm { what, source }
+}
+
+fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> VmError {
+    move |source| VmError::Io { what, source }
+}
+
+/// Opens /dev/kvm with an error that says what to do about it.
+pub fn open_kvm() -> Result<Kvm, VmError> {
+    Kvm::new().map_err(|e| match e.errno() {
+        libc::ENOENT => VmError::KvmMissing,
+        libc::EACCES | libc::EPERM => VmError::KvmPermission,
+        _ => VmError::KvmOpen(e),
+    })
+}
+
+/// A VM whose memory, boot state and devices are ready, with no thread started yet.
+pub struct Vm {
+    _kvm: Kvm,
+    _vm_fd: VmFd,
+    guest_memory: GuestMemoryMmap,
+    vcpus: Vec<VcpuFd>,
+    poll: Poll,
+    devices: Devices,
+    reset_evt: EventFd,
+    console_in: Option<RawFd>,
+    seccomp: SeccompMode,
+}
+
+impl Vm {
+    pub fn build(config: VmConfig) -> Result<Vm, VmError> {
+        if config.vcpus == 0 || config.vcpus > MAX_VCPUS {
+            return Err(VmError::BadVcpuCount(config.vcpus));
+        }
+        let kvm = open_kvm()?;
+        let vm_fd = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+        let mem = boot::layout::create_guest_memory(config.mem_bytes)?;
+        map_guest_memory(&vm_fd, &mem)?;
+        create_interrupt_controllers(&vm_fd)?;
+
+        // Devices first: a missing disk or tap is reported before any kernel work.
+        let virtio = create_virtio_devices(&vm_fd, &mem, &config.disks, &config.nets)?;
+        let entry = match &config.boot {
+            BootSource::Linux { kernel, initrd, cmdline } => {
+                let mut kernel_file = open(kernel, "kernel")?;
+                let mut initrd_file = initrd.as_ref().map(|p| open(p, "initrd")).transpose()?;
+                let cmdline = full_cmdline(cmdline, &config.disks, &virtio);
+                log::debug!("kernel command line: {cmdline}");
+                Some(boot::load_linux(&mem, &mut kernel_file, initrd_file.as_mut(), &cmdline, config.vcpus)?)
+            }
+            BootSource::Raw { code, load_addr } => {
+                boot::write_boot_tables(&mem, config.vcpus)?;
+                mem.write_slice(code, GuestAddress(*load_addr))
+                    .map_err(|e| VmError::Io { what: "loading the guest image", source: io::Error::other(e) })?;
+                None
+            }
+        };
+
+        let supported_cpuid =
+            kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+        let mut vcpus = Vec::with_capacity(config.vcpus.into());
+        for index in 0..config.vcpus {
+            let vcpu = vm_fd.create_vcpu(index.into()).map_err(kvm_err("KVM_CREATE_VCPU"))?;
+            let start = if index == 0 { entry.as_ref() } else { None };
+            boot::configure_vcpu(&vcpu, &mem, &supported_cpuid, index, config.vcpus, start)?;
+            if let BootSource::Raw { load_addr, .. } = &config.boot {
+                start_raw_vcpu(&vcpu, &mem, *load_addr, index)?;
+            }
+            vcpus.push(vcpu);
+        }
+
+        let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(io_err("eventfd"))?;
+        vm_fd.register_irqfd(&serial_irq, SERIAL_IRQ).map_err(kvm_err("KVM_IRQFD (serial)"))?;
+        let reset_evt = EventFd::new(EFD_NONBLOCK).map_err(io_err("eventfd"))?;
+        let i8042 = I8042::new(reset_evt.try_clone().map_err(io_err("eventfd"))?);
+        let devices = Devices::new(SerialConsole::new(serial_irq, config.console_out), i8042, virtio);
+
+        Ok(Vm {
+            _kvm: kvm,
+            _vm_fd: vm_fd,
+            guest_memory: mem,
+            vcpus,
+            poll: Poll::new().map_err(io_err("epoll"))?,
+            devices,
+            reset_evt,
+            console_in: config.console_in,
+            seccomp: config.seccomp,
+        })
+    }
+
+    /// Starts the event loop and the vCPUs; each thread installs its own seccomp filter first.
+    /// Termination signals stay with the calling thread: the workers are spawned with them
+    /// blocked, so a Ctrl-C is handled where the terminal may be restored.
+    pub fn start(self) -> Result<RunningVm, VmError> {
+        let previous = block_termination_signals();
+        let result = self.spawn_threads();
+        restore_signal_mask(&previous);
+        result
+    }
+
+    fn spawn_threads(self) -> Result<RunningVm, VmError> {
+        let Vm { _kvm, _vm_fd, guest_memory, vcpus, poll, devices, reset_evt, console_in, seccomp } = self;
+        // Bounded, so a guest that floods the loop with writes is slowed down, not buffered.
+        let (sender, receiver) = bounded(1024);
+        let waker = Arc::new(Waker::new(poll.registry(), Token(0)).map_err(io_err("waker"))?);
+        let vcpu_count = vcpus.len();
+        let event_loop =
+            EventLoop::new(poll, waker.clone(), receiver, devices, reset_evt, console_in, vcpu_count)
+            .map_err(VmError::EventLoop)?;
+        let loop_thread = thread::Builder::new()
+            .name("volt-loop".into())
+            .spawn(move || {
+                apply_seccomp(ThreadKind::EventLoop, seccomp).map_err(|e| io::Error::other(e.to_string()))?;
+                event_loop.run()
+            })
+            .map_err(io_err("spawning the event loop"))?;
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut handles = Vec::with_capacity(vcpu_count);
+        for (index, vcpu) in vcpus.into_iter().enumerate() {
+            let link = LoopLink { sender: sender.clone(), waker: waker.clone() };
+            match spawn_vcpu(index, vcpu, link, stop.clone(), seccomp) {
+                Ok(handle) => handles.push(handle),
+                Err(e) => {
+                    stop.store(true, Ordering::Release);
+                    handles.into_iter().for_each(VcpuHandle::stop_and_join);
+                    return Err(VmError::Io { what: "spawning a vCPU thread", source: e });
+                }
+            }
+        }
+        Ok(RunningVm { loop_thread, vcpus: handles, stop, _vm_fd, _kvm, _guest_memory: guest_memory })
+    }
+
+    /// Builds, runs and tears down a VM: the whole life of one guest.
+    pub fn run(config: VmConfig) -> Result<(VmExit, LoopStats), VmError> {
+        Vm::build(config)?.start()?.wait()
+    }
+}
+
+/// Blocks SIGINT, SIGTERM, SIGHUP and SIGQUIT on the calling thread; returns the old mask.
+fn block_termination_signals() -> libc::sigset_t {
+    // SAFETY: sigset manipulation on local storage; pthread_sigmask affects this thread only.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        let mut previous: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
+            libc::sigaddset(&mut set, signal);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut previous);
+        previous
+    }
+}
+
+fn restore_signal_mask(previous: &libc::sigset_t) {
+    // SAFETY: restores a mask obtained from pthread_sigmask.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, previous, std::ptr::null_mut()) };
+}
+
+/// A started VM: the event-loop thread and the vCPU threads.
+pub struct RunningVm {
+    loop_thread: JoinHandle<io::Result<(VmExit, LoopStats)>>,
+    vcpus: Vec<VcpuHandle>,
+    stop: Arc<AtomicBool>,
+    // Dropped last: the vCPU threads must be gone before the guest memory is unmapped and
+    // the VM and KVM fds close.
+    _vm_fd: VmFd,
+    _kvm: Kvm,
+    _guest_memory: GuestMemoryMmap,
+}
+
+impl RunningVm {
+    /// Waits for the guest to end, then stops every vCPU thread.
+    pub fn wait(self) -> Result<(VmExit, LoopStats), VmError> {
+        let result = self.loop_thread.join();
+        self.stop.store(true, Ordering::Release);
+        self.vcpus.into_iter().for_each(VcpuHandle::stop_and_join);
+        match result {
+            Ok(Ok(outcome)) => Ok(outcome),
+            Ok(Err(e)) => Err(VmError::EventLoop(e)),
+            Err(_) => Err(VmError::EventLoopPanicked),
+        }
+    }
+}
+
+/// The command line the guest gets: the user's (or the default), `root=` for the first disk
+/// when the user named no root, and one announcement per virtio-mmio device.
+pub fn full_cmdline(base: &str, disks: &[DiskConfig], virtio: &[VirtioSlot]) -> String {
+    let mut cmdline = base.trim().to_string();
+    let names_root = base.split_whitespace().any(|arg| arg.starts_with("root="));
+    if let (Some(first), false) = (disks.first(), names_root) {
+        let mode = if first.read_only { "ro" } else { "rw" };
+        cmdline.push_str(&format!(" root=/dev/vda {mode}"));
+    }
+    for slot in virtio {
+        cmdline.push(' ');
+        cmdline.push_str(&virtio_cmdline_entry(slot.base, slot.irq));
+    }
+    cmdline
+}
+
+/// Opens every disk and tap, wraps each in a virtio-mmio transport with its own window, IRQ
+/// (an irqfd) and one ioeventfd per queue, so a guest kick never exits to user space.
+fn create_virtio_devices(
+    vm_fd: &VmFd,
+    mem: &GuestMemoryMmap,
+    disks: &[DiskConfig],
+    nets: &[NetConfig],
+) -> Result<Vec<VirtioSlot>, VmError> {
+    let mut models: Vec<Box<dyn VirtioDevice>> = Vec::new();
+    for disk in disks {
+        let block = Block::new(&disk.path, disk.read_only)
+            .map_err(|source| VmError::Disk { path: disk.path.clone(), source })?;
+        models.push(Box::new(block));
+    }
+    for net in nets {
+        let card = Net::new(&net.tap, net.mac).map_err(|source| VmError::Net { tap: net.tap.clone(), source })?;
+        models.push(Box::new(card));
+    }
+    let mut slots = Vec::with_capacity(models.len());
+    for (index, model) in models.into_iter().enumerate() {
+        let (base, irq) = virtio_slot(index).ok_or(VmError::TooManyDevices)?;
+        let irq_evt = EventFd::new(EFD_NONBLOCK).map_err(io_err("eventfd"))?;
+        vm_fd.register_irqfd(&irq_evt, irq).map_err(kvm_err("KVM_IRQFD (virtio)"))?;
+        let transport = MmioTransport::new(model, mem.clone(), irq_evt).map_err(io_err("virtio transport"))?;
+        for (queue, evt) in transport.queue_events().iter().enumerate() {
+            let notify = IoEventAddress::Mmio(base + VIRTIO_MMIO_QUEUE_NOTIFY);
+            vm_fd.register_ioevent(evt, &notify, queue as u32).map_err(kvm_err("KVM_IOEVENTFD"))?;
+        }
+        slots.push(VirtioSlot { base, irq, transport });
+    }
+    Ok(slots)
+}
+
+fn open(path: &PathBuf, what: &'static str) -> Result<File, VmError> {
+    let file = File::open(path).map_err(|source| VmError::OpenFile { what, path: path.clone(), source })?;
+    let is_dir = file.metadata().map(|m| m.is_dir()).unwrap_or(false);
+    if is_dir {
+        let source = io::Error::new(io::ErrorKind::InvalidInput, "it is a directory");
+        return Err(VmError::OpenFile { what, path: path.clone(), source });
+    }
+    Ok(file)
+}
+
+fn map_guest_memory(vm_fd: &VmFd, mem: &GuestMemoryMmap) -> Result<(), VmError> {
+    for (slot, region) in mem.iter().enumerate() {
+        let host = mem.get_host_address(region.start_addr()).map_err(|e| VmError::Io {
+            what: "mapping guest memory",
+            source: io::Error::other(e),
+        })?;
+        let region = kvm_userspace_memory_region {
+            slot: slot as u32,
+            guest_phys_addr: region.start_addr().raw_value(),
+            memory_size: region.len(),
+            userspace_addr: host as u64,
+            flags: 0,
+        };
+        // SAFETY: the mapping belongs to `mem`, which outlives the VM's use of it: the event
+        // loop holds a clone and the vCPU threads are joined before either is dropped.
+        unsafe { vm_fd.set_user_memory_region(region) }.map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
+    }
+    Ok(())
+}
+
+/// The in-kernel PIC, I/O APIC, LAPICs and PIT: the guest's timer and interrupt routing.
+fn create_interrupt_controllers(vm_fd: &VmFd) -> Result<(), VmError> {
+    // Intel VMX needs three pages for the real-mode TSS, out of the guest's way below 4 GiB.
+    vm_fd.set_tss_address(0xfffb_d000).map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+    vm_fd.create_irq_chip().map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+    let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
+    vm_fd.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
+    Ok(())
+}
+
+/// Raw images get one small stack per vCPU, growing down from here (below the EBDA).
+const RAW_STACK_TOP: u64 = 0x8_0000;
+const RAW_STACK_SIZE: u64 = 0x400;
+
+/// Puts a vCPU of a raw test image into 64-bit mode at the image's start with RDI = index.
+fn start_raw_vcpu(vcpu: &VcpuFd, mem: &GuestMemoryMmap, load_addr: u64, index: u8) -> Result<(), VmError> {
+    boot::regs::setup_long_mode(vcpu, mem, GuestAddress(load_addr), None).map_err(BootError::from)?;
+    let mut regs = vcpu.get_regs().map_err(kvm_err("KVM_GET_REGS"))?;
+    regs.rdi = index.into();
+    regs.rsp = RAW_STACK_TOP - u64::from(index) * RAW_STACK_SIZE;
+    vcpu.set_regs(&regs).map_err(kvm_err("KVM_SET_REGS"))?;
+    if index > 0 {
+        // Application processors wait for INIT/SIPI; a raw image has them start at once.
+        let mut mp_state = vcpu.get_mp_state().map_err(kvm_err("KVM_GET_MP_STATE"))?;
+        mp_state.mp_state = kvm_bindings::KVM_MP_STATE_RUNNABLE;
+        vcpu.set_mp_state(mp_state).map_err(kvm_err("KVM_SET_MP_STATE"))?;
+    }
+    Ok(())
+}

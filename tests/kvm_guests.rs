@@ -1,0 +1,138 @@
+//! Tiny guests, assembled in the test, run through the real vCPU threads and event loop.
+
+mod common;
+
+use common::*;
+use iced_x86::code_asm::*;
+use volt::event_loop::VmExit;
+use volt::sandbox::SeccompMode;
+use volt::vcpu::AddressSpace;
+
+/// `out 0x3f8, byte` for every byte of `text`.
+fn print(a: &mut CodeAssembler, text: &[u8]) -> Result<(), IcedError> {
+    a.mov(dx, 0x3f8u32)?;
+    for &byte in text {
+        a.mov(al, u32::from(byte))?;
+        a.out(dx, al)?;
+    }
+    Ok(())
+}
+
+/// i8042 command 0xFE: the CPU reset Linux uses with `reboot=k`.
+fn i8042_reset(a: &mut CodeAssembler) -> Result<(), IcedError> {
+    a.mov(al, 0xfeu32)?;
+    a.out(0x64u32, al)?;
+    a.hlt()
+}
+
+#[test]
+fn serial_output_reaches_the_console_and_i8042_reset_ends_the_vm() {
+    if !kvm_available("serial_output_reaches_the_console") {
+        return;
+    }
+    let code = assemble(|a| {
+        print(a, b"hello from the guest\n")?;
+        i8042_reset(a)
+    });
+    let run = run_raw_guest(code, 1, SeccompMode::Kill);
+    assert_eq!(run.console, "hello from the guest\n");
+    assert_eq!(run.exit, VmExit::Reset);
+    assert_eq!(run.exit.exit_code(), 0);
+    assert!(run.stats.pio_exits >= 22, "every byte and the reset are port exits: {:?}", run.stats);
+}
+
+#[test]
+fn a_triple_fault_shuts_the_vm_down_cleanly() {
+    if !kvm_available("a_triple_fault_shuts_the_vm_down_cleanly") {
+        return;
+    }
+    // An empty IDT makes the first exception a triple fault.
+    let code = assemble(|a| {
+        let idt = a.create_label();
+        a.lidt(ptr(idt))?;
+        a.ud2()?;
+        a.set_label(&mut { idt })?;
+        a.dw(&[0])?;
+        a.dq(&[0])
+    });
+    let run = run_raw_guest(code, 1, SeccompMode::Kill);
+    assert!(matches!(run.exit, VmExit::Shutdown { vcpu: 0 }), "{:?}", run.exit);
+    assert_eq!(run.exit.exit_code(), 0);
+}
+
+/// Every vCPU prints its index; vCPU 0 waits for all of them, then resets the machine.
+fn smp_guest(vcpus: u8) -> Vec<u8> {
+    assemble(|a| {
+        let counter = a.create_label();
+        let wait = a.create_label();
+        let park = a.create_label();
+        // RDI holds this vCPU's index. Serialize the prints with a ticket on `counter`:
+        // vCPU i prints once the counter reaches i.
+        let mut spin = a.create_label();
+        a.set_label(&mut spin)?;
+        a.mov(rax, qword_ptr(counter))?;
+        a.cmp(rax, rdi)?;
+        a.jne(spin)?;
+        a.mov(dx, 0x3f8u32)?;
+        a.mov(rax, rdi)?;
+        a.add(al, b'0' as u32)?;
+        a.out(dx, al)?;
+        a.lock().inc(qword_ptr(counter))?;
+        a.test(rdi, rdi)?;
+        a.jnz(park)?;
+        let mut wait_label = wait;
+        a.set_label(&mut wait_label)?;
+        a.mov(rax, qword_ptr(counter))?;
+        a.cmp(rax, u32::from(vcpus) as i32)?;
+        a.jne(wait_label)?;
+        print(a, b"\nall cpus ran\n")?;
+        i8042_reset(a)?;
+        let mut park_label = park;
+        a.set_label(&mut park_label)?;
+        a.cli()?;
+        a.hlt()?;
+        a.jmp(park_label)?;
+        let mut counter_label = counter;
+        a.set_label(&mut counter_label)?;
+        a.dq(&[0])
+    })
+}
+
+#[test]
+fn two_and_four_vcpus_each_run_on_their_own_thread() {
+    if !kvm_available("two_and_four_vcpus_each_run") {
+        return;
+    }
+    for vcpus in [2u8, 4] {
+        let run = run_raw_guest(smp_guest(vcpus), vcpus, SeccompMode::Kill);
+        let expected: String = (0..vcpus).map(|i| char::from(b'0' + i)).collect();
+        assert_eq!(run.console, format!("{expected}\nall cpus ran\n"), "{vcpus} vCPUs");
+        assert_eq!(run.exit, VmExit::Reset);
+    }
+}
+
+#[test]
+fn an_mmio_access_to_an_unmapped_address_reaches_the_event_loop() {
+    if !kvm_available("an_mmio_access_to_an_unmapped_address") {
+        return;
+    }
+    // 768 MiB is past the 64 MiB of RAM (but inside the 1 GiB identity map) and no device
+    // lives there. The read must
+    // come back as zeros (the loop answers it) for the guest to print "0".
+    let code = assemble(|a| {
+        a.mov(rbx, 0x3000_0000u64)?;
+        a.mov(dword_ptr(rbx), 0x1234_5678u32)?;
+        a.mov(eax, dword_ptr(rbx + 8))?;
+        a.add(al, b'0' as u32)?;
+        a.mov(dx, 0x3f8u32)?;
+        a.out(dx, al)?;
+        i8042_reset(a)
+    });
+    let run = run_raw_guest(code, 1, SeccompMode::Kill);
+    assert_eq!(run.console, "0");
+    assert_eq!(
+        run.stats.unhandled,
+        vec![(AddressSpace::Mmio, 0x3000_0000, true), (AddressSpace::Mmio, 0x3000_0008, false)]
+    );
+    assert_eq!(run.stats.mmio_exits, 2);
+}
