@@ -18,6 +18,9 @@ setup_tap() {
   fi
 }
 
+# Volt's default command line minus reboot= (QEMU gets the same so that both guests probe the same).
+BASE_CMDLINE="console=ttyS0 panic=1 pci=off i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd 8250.nr_uarts=1"
+
 # vmm_command VMM CPUS KERNEL DISK NET APPEND: sets VMM_ARGS (a string; no spaces in paths) for
 # VMM volt or qemu. DISK/NET may be empty. APPEND is added to the default kernel command line.
 vmm_command() {
@@ -27,7 +30,7 @@ vmm_command() {
       VMM_ARGS="volt --kernel $_kernel --cpus $_cpus --mem ${GUEST_MEM_MB}M --log-level info"
       [ -n "$_disk" ] && VMM_ARGS="$VMM_ARGS --disk $_disk"
       [ -n "$_net" ] && VMM_ARGS="$VMM_ARGS --net $_net"
-      VMM_CMDLINE="console=ttyS0 reboot=k panic=1 $_append" ;;
+      VMM_CMDLINE="$BASE_CMDLINE reboot=k $_append" ;;
     qemu)
       # microvm has no i8042 for reboot=k: a triple fault (reboot=t) + -no-reboot ends QEMU.
       VMM_ARGS="qemu-system-x86_64 -M microvm,acpi=off -accel kvm -cpu host -smp $_cpus -m $GUEST_MEM_MB"
@@ -35,7 +38,7 @@ vmm_command() {
       VMM_ARGS="$VMM_ARGS -kernel $_kernel"
       [ -n "$_disk" ] && VMM_ARGS="$VMM_ARGS -drive id=d0,file=$_disk,format=raw,if=none -device virtio-blk-device,drive=d0"
       [ -n "$_net" ] && VMM_ARGS="$VMM_ARGS -netdev tap,id=n0,ifname=$_net,script=no,downscript=no -device virtio-net-device,netdev=n0"
-      VMM_CMDLINE="console=ttyS0 reboot=t panic=1 $_append"
+      VMM_CMDLINE="$BASE_CMDLINE reboot=t $_append"
       [ -n "$_disk" ] && VMM_CMDLINE="$VMM_CMDLINE root=/dev/vda rw" ;;
     *) echo "lib.sh: unknown VMM $_vmm" >&2; return 1 ;;
   esac
