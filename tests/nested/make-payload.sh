@@ -30,9 +30,10 @@ mkdir -p "$out"/{bin,lib,kernels,share}
 # Copy an executable into the payload; if it is dynamic, bring its libraries and wrap it.
 add_binary() {
   local src=$1 name=$2
-  if ldd "$src" >/dev/null 2>&1; then
+  # A dynamic binary names its program interpreter (static and static-pie ones do not).
+  if readelf -l "$src" 2>/dev/null | grep -q 'program interpreter'; then
     cp "$src" "$out/lib/$name.real"
-    ldd "$src" | grep -o '/[^ ]*' | while read -r lib; do cp -L "$lib" "$out/lib/"; done
+    ldd "$src" | { grep -o '/[^ ]*' || true; } | while read -r lib; do cp -L "$lib" "$out/lib/"; done
     cat > "$out/bin/$name" <<WRAP
 #!/bin/sh
 p=\$(cd "\$(dirname "\$0")/.." && pwd)
