@@ -20,6 +20,7 @@ FIGURES = [
 def parse(lines):
     """Returns {kind: {vmm: [dict of int fields]}} from `RESULT kind=.. vmm=.. i=.. BOOTMEASURE ..`."""
     runs = defaultdict(lambda: defaultdict(list))
+    failed = defaultdict(int)
     for line in lines:
         line = line.strip()
         if not line.startswith("RESULT "):
@@ -27,6 +28,7 @@ def parse(lines):
         fields = dict(w.split("=", 1) for w in line.split() if "=" in w)
         record = {k: int(v) for k, v in fields.items() if k not in ("kind", "vmm") and v.lstrip("-").isdigit()}
         if record.get("status") != 0:
+            failed[fields["vmm"]] += 1
             print(f"warning: failed boot ignored: {line}", file=sys.stderr)
             continue
         # Kernel entry: volt logs it itself; QEMU does not, so its first serial byte stands in.
@@ -36,7 +38,7 @@ def parse(lines):
             record["kernel_entry_us"] = record["first_byte_us"]
             record["entry_is_fallback"] = 1
         runs[fields["kind"]][fields["vmm"]].append(record)
-    return runs
+    return runs, failed
 
 
 def percentile(values, p):
@@ -53,7 +55,9 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--mode", default="?")
     args = parser.parse_args()
-    runs = parse(sys.stdin)
+    runs, failed = parse(sys.stdin)
+    for vmm, count in sorted(failed.items()):
+        print(f"{vmm}: {count} boot(s) failed (VMM exit status != 0) and are left out")
     timed = runs.get("time", {})
     if not timed:
         print("no successful timed boots", file=sys.stderr)

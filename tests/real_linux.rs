@@ -35,7 +35,10 @@ impl BootCase {
         self.serial
             .lines()
             .find_map(|l| l.trim().strip_prefix("VOLT-INIT-READY "))
-            .and_then(|rest| rest.split_whitespace().find_map(|w| w.strip_prefix("cpus=")))
+            .and_then(|rest| {
+                rest.split_whitespace()
+                    .find_map(|w| w.strip_prefix("cpus="))
+            })
             .and_then(|n| n.parse().ok())
     }
 
@@ -68,7 +71,11 @@ fn parse_cases(output: &str) -> HashMap<String, BootCase> {
                 cases.insert(name, case);
             }
         } else if let Some((_, case, in_stderr)) = current.as_mut() {
-            let target = if *in_stderr { &mut case.stderr } else { &mut case.serial };
+            let target = if *in_stderr {
+                &mut case.stderr
+            } else {
+                &mut case.serial
+            };
             target.push_str(trimmed);
             target.push('\n');
         }
@@ -78,7 +85,13 @@ fn parse_cases(output: &str) -> HashMap<String, BootCase> {
 
 enum E2eRun {
     Skipped(String),
-    Ran { vmm: String, output: String, cases: HashMap<String, BootCase> },
+    /// The harness itself failed; stored so that every test reports it without re-running.
+    Failed(String),
+    Ran {
+        vmm: String,
+        output: String,
+        cases: HashMap<String, BootCase>,
+    },
 }
 
 fn repo_root() -> PathBuf {
@@ -108,17 +121,14 @@ fn e2e() -> &'static E2eRun {
                 .to_string();
             return E2eRun::Skipped(reason);
         }
-        assert!(
-            out.status.success(),
-            "run-e2e.sh failed ({}):\n{}\n{}",
-            out.status,
-            stdout,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            stdout.contains("E2E-DONE"),
-            "the payload did not finish:\n{stdout}"
-        );
+        if !out.status.success() || !stdout.contains("E2E-DONE") {
+            return E2eRun::Failed(format!(
+                "run-e2e.sh failed or did not finish ({}):\n{}\n{}",
+                out.status,
+                stdout,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
         let cases = parse_cases(&stdout);
         E2eRun::Ran {
             vmm,
@@ -135,6 +145,7 @@ fn boot(name: &str) -> Option<&'static BootCase> {
             eprintln!("{reason}");
             None
         }
+        E2eRun::Failed(report) => panic!("{report}"),
         E2eRun::Ran { vmm, output, cases } => {
             let case = cases
                 .get(name)
@@ -246,7 +257,8 @@ fn guest_answers_ping_over_tap() {
 
 #[test]
 fn case_parser_splits_serial_stderr_and_status() {
-    let text = "noise\nVOLT-CASE-BEGIN a\nVOLT-CASE-COMMAND x\nVOLT-INIT-READY uptime=0.5 cpus=3\r\n\
+    let text =
+        "noise\nVOLT-CASE-BEGIN a\nVOLT-CASE-COMMAND x\nVOLT-INIT-READY uptime=0.5 cpus=3\r\n\
                 VOLT-PERSIST old\nVOLT-CASE-STDERR\nlog line\nHOST-PING-OK 10.0.2.15\n\
                 VOLT-CASE-END a status=7 seconds=1\n";
     let cases = parse_cases(text);
