@@ -29,7 +29,7 @@ def parse(lines):
         record = {k: int(v) for k, v in fields.items() if k not in ("kind", "vmm") and v.lstrip("-").isdigit()}
         if record.get("status") != 0:
             failed[fields["vmm"]] += 1
-            print(f"warning: failed boot ignored: {line}", file=sys.stderr)
+            runs["failed-" + fields["kind"]][fields["vmm"]].append(record)
             continue
         # Kernel entry: volt logs it itself; QEMU does not, so its first serial byte stands in.
         if record.get("entry_log_us", -1) >= 0:
@@ -105,6 +105,20 @@ def main():
         if "qemu" in own_medians:
             for vmm in sorted(v for v in own_medians if v != "qemu"):
                 print(f"  ratio {vmm}/qemu own memory: {own_medians[vmm] / own_medians['qemu']:.2f}")
+    broken = runs.get("failed-time", {})
+    if broken:
+        print("\nFailed boots (the guest never printed its marker): partial figures, information only")
+        print(f"  {'vmm':10} {'n':>3} {'entry med':>10} {'1st byte med':>13} {'exit med':>9}  (ms)")
+        for vmm, records in sorted(broken.items()):
+            entry = [r["entry_log_us"] for r in records if r.get("entry_log_us", -1) >= 0]
+            first = [r["first_byte_us"] for r in records if r.get("first_byte_us", -1) >= 0]
+            exits = [r["exit_us"] for r in records]
+            med = lambda v: ms(statistics.median(v)) if v else "        -"  # noqa: E731
+            print(f"  {vmm:10} {len(records):3} {med(entry):>10} {med(first):>13} {med(exits):>9}")
+        for vmm, records in sorted(runs.get("failed-mem", {}).items()):
+            own = [r["own_rss_kb"] / 1024 for r in records if r.get("own_rss_kb", -1) >= 0]
+            if own:
+                print(f"  {vmm:10} own resident memory until the failure: median {statistics.median(own):.1f} MiB")
     return 0
 
 
