@@ -112,44 +112,68 @@ impl RunArgs {
 }
 
 fn parse_cpus(value: &str) -> Result<u8, String> {
-    let count: u32 = value.trim().parse().map_err(|_| format!("'{value}' is not a number of vCPUs"))?;
+    let count: u32 = value
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{value}' is not a number of vCPUs"))?;
     match u8::try_from(count) {
         Ok(n) if (1..=MAX_VCPUS).contains(&n) => Ok(n),
-        _ => Err(format!("{count} vCPUs requested; Volt supports 1 to {MAX_VCPUS}")),
+        _ => Err(format!(
+            "{count} vCPUs requested; Volt supports 1 to {MAX_VCPUS}"
+        )),
     }
 }
 
 /// Parses `256M`, `1G`, `512MiB`, `65536K` or a plain number of MiB into bytes.
 pub fn parse_mem_size(value: &str) -> Result<u64, String> {
     let text = value.trim();
-    let digits_end = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let digits_end = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(digits_end);
-    let number: u64 = number.parse().map_err(|_| format!("'{value}' is not a memory size (try 256M or 1G)"))?;
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("'{value}' is not a memory size (try 256M or 1G)"))?;
     let shift = match unit.trim().to_ascii_uppercase().as_str() {
         "" | "M" | "MB" | "MIB" => 20,
         "K" | "KB" | "KIB" => 10,
         "G" | "GB" | "GIB" => 30,
-        _ => return Err(format!("'{value}' has an unknown unit '{unit}' (use K, M or G)")),
+        _ => {
+            return Err(format!(
+                "'{value}' has an unknown unit '{unit}' (use K, M or G)"
+            ))
+        }
     };
     let bytes = number
         .checked_mul(1 << shift)
         .ok_or_else(|| format!("memory size '{value}' is too large"))?;
     if bytes < MIN_MEM_BYTES {
-        return Err(format!("memory size '{value}' is below the minimum of {} MiB", MIN_MEM_BYTES >> 20));
+        return Err(format!(
+            "memory size '{value}' is below the minimum of {} MiB",
+            MIN_MEM_BYTES >> 20
+        ));
     }
     if bytes % 4096 != 0 {
         return Err(format!("memory size '{value}' is not a multiple of 4 KiB"));
     }
     let host = host_memory_bytes();
     if host > 0 && bytes > host {
-        return Err(format!("memory size '{value}' is more than this host's {} MiB of RAM", host >> 20));
+        return Err(format!(
+            "memory size '{value}' is more than this host's {} MiB of RAM",
+            host >> 20
+        ));
     }
     Ok(bytes)
 }
 
 fn host_memory_bytes() -> u64 {
     // SAFETY: sysconf has no memory-safety preconditions.
-    let (pages, page_size) = unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
+    let (pages, page_size) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
     if pages <= 0 || page_size <= 0 {
         return 0;
     }
@@ -158,7 +182,10 @@ fn host_memory_bytes() -> u64 {
 
 fn parse_disk(value: &str) -> Result<DiskConfig, String> {
     let mut parts = value.split(',');
-    let path = parts.next().filter(|p| !p.is_empty()).ok_or("--disk needs a path")?;
+    let path = parts
+        .next()
+        .filter(|p| !p.is_empty())
+        .ok_or("--disk needs a path")?;
     let mut read_only = false;
     for option in parts {
         match option {
@@ -167,31 +194,54 @@ fn parse_disk(value: &str) -> Result<DiskConfig, String> {
             other => return Err(format!("unknown disk option '{other}' (only 'ro' or 'rw')")),
         }
     }
-    Ok(DiskConfig { path: PathBuf::from(path), read_only })
+    Ok(DiskConfig {
+        path: PathBuf::from(path),
+        read_only,
+    })
 }
 
 fn parse_net(value: &str) -> Result<NetConfig, String> {
     let mut parts = value.split(',');
-    let tap = parts.next().filter(|t| !t.is_empty()).ok_or("--net needs a tap device name")?;
+    let tap = parts
+        .next()
+        .filter(|t| !t.is_empty())
+        .ok_or("--net needs a tap device name")?;
     let mut mac = None;
     for option in parts {
         match option.split_once('=') {
             Some(("mac", text)) => mac = Some(parse_mac(text)?),
-            _ => return Err(format!("unknown network option '{option}' (only mac=xx:xx:xx:xx:xx:xx)")),
+            _ => {
+                return Err(format!(
+                    "unknown network option '{option}' (only mac=xx:xx:xx:xx:xx:xx)"
+                ))
+            }
         }
     }
-    Ok(NetConfig { tap: tap.to_string(), mac })
+    Ok(NetConfig {
+        tap: tap.to_string(),
+        mac,
+    })
 }
 
 fn parse_mac(text: &str) -> Result<[u8; 6], String> {
     let bytes: Vec<u8> = text
         .split(':')
-        .map(|b| if b.len() == 2 { u8::from_str_radix(b, 16).ok() } else { None })
+        .map(|b| {
+            if b.len() == 2 {
+                u8::from_str_radix(b, 16).ok()
+            } else {
+                None
+            }
+        })
         .collect::<Option<_>>()
         .ok_or_else(|| format!("'{text}' is not a MAC address like 52:54:00:12:34:56"))?;
-    let mac: [u8; 6] = bytes.try_into().map_err(|_| format!("'{text}' is not a MAC address like 52:54:00:12:34:56"))?;
+    let mac: [u8; 6] = bytes
+        .try_into()
+        .map_err(|_| format!("'{text}' is not a MAC address like 52:54:00:12:34:56"))?;
     if mac[0] & 1 == 1 {
-        return Err(format!("'{text}' is a multicast address; a network card needs a unicast MAC"));
+        return Err(format!(
+            "'{text}' is a multicast address; a network card needs a unicast MAC"
+        ));
     }
     Ok(mac)
 }
@@ -210,7 +260,10 @@ mod tests {
         assert_eq!(cli.run.cpus, 1);
         assert_eq!(cli.run.mem, 128 << 20);
         assert_eq!(cli.run.cmdline(), DEFAULT_CMDLINE);
-        assert!(cli.run.cmdline().starts_with("console=ttyS0 reboot=k panic=1"));
+        assert!(cli
+            .run
+            .cmdline()
+            .starts_with("console=ttyS0 reboot=k panic=1"));
         assert_eq!(cli.run.seccomp_mode(), SeccompMode::Kill);
         assert!(!cli.run.no_landlock);
     }
@@ -240,15 +293,35 @@ mod tests {
 
     #[test]
     fn disks_and_nets_parse_their_options() {
-        let cli = parse(&["--disk", "a.img", "--disk", "b.img,ro", "--net", "tap0,mac=52:54:00:12:34:56"]).unwrap();
+        let cli = parse(&[
+            "--disk",
+            "a.img",
+            "--disk",
+            "b.img,ro",
+            "--net",
+            "tap0,mac=52:54:00:12:34:56",
+        ])
+        .unwrap();
         assert_eq!(
             cli.run.disks,
             vec![
-                DiskConfig { path: "a.img".into(), read_only: false },
-                DiskConfig { path: "b.img".into(), read_only: true }
+                DiskConfig {
+                    path: "a.img".into(),
+                    read_only: false
+                },
+                DiskConfig {
+                    path: "b.img".into(),
+                    read_only: true
+                }
             ]
         );
-        assert_eq!(cli.run.nets, vec![NetConfig { tap: "tap0".into(), mac: Some([0x52, 0x54, 0, 0x12, 0x34, 0x56]) }]);
+        assert_eq!(
+            cli.run.nets,
+            vec![NetConfig {
+                tap: "tap0".into(),
+                mac: Some([0x52, 0x54, 0, 0x12, 0x34, 0x56])
+            }]
+        );
         assert!(parse(&["--disk", "a.img,rx"]).is_err());
         assert!(parse(&["--disk", ""]).is_err());
         assert!(parse(&["--net", "tap0,mac=01:00:00:00:00:01"]).is_err());
@@ -258,8 +331,14 @@ mod tests {
 
     #[test]
     fn seccomp_flags() {
-        assert_eq!(parse(&["--no-seccomp"]).unwrap().run.seccomp_mode(), SeccompMode::Off);
-        assert_eq!(parse(&["--seccomp", "errno"]).unwrap().run.seccomp_mode(), SeccompMode::Errno);
+        assert_eq!(
+            parse(&["--no-seccomp"]).unwrap().run.seccomp_mode(),
+            SeccompMode::Off
+        );
+        assert_eq!(
+            parse(&["--seccomp", "errno"]).unwrap().run.seccomp_mode(),
+            SeccompMode::Errno
+        );
         assert!(parse(&["--seccomp", "maybe"]).is_err());
     }
 

@@ -69,7 +69,12 @@ impl Devices {
             let sources = device.transport.event_sources().len();
             events.extend((0..sources).map(|source| DeviceEvent::Source { slot, source }));
         }
-        Devices { serial, i8042, virtio, events }
+        Devices {
+            serial,
+            i8042,
+            virtio,
+            events,
+        }
     }
 
     /// The fds the loop must watch for the devices; the position of each is the `index`
@@ -78,9 +83,10 @@ impl Devices {
         self.events
             .iter()
             .map(|event| match *event {
-                DeviceEvent::QueueKick { slot, queue } => {
-                    (self.virtio[slot].transport.queue_events()[queue].as_raw_fd(), Interest::READABLE)
-                }
+                DeviceEvent::QueueKick { slot, queue } => (
+                    self.virtio[slot].transport.queue_events()[queue].as_raw_fd(),
+                    Interest::READABLE,
+                ),
                 DeviceEvent::Source { slot, source } => (
                     self.virtio[slot].transport.event_sources()[source],
                     Interest::READABLE | Interest::WRITABLE,
@@ -104,7 +110,8 @@ impl Devices {
 
     /// The device at `addr` and the offset into its window.
     fn device_at(&mut self, space: AddressSpace, addr: u64) -> Option<(&mut dyn BusDevice, u64)> {
-        let within = |base: u16, count: u16| (u64::from(base)..u64::from(base + count)).contains(&addr);
+        let within =
+            |base: u16, count: u16| (u64::from(base)..u64::from(base + count)).contains(&addr);
         match space {
             AddressSpace::Pio if within(SERIAL_PORT_BASE, SERIAL_PORT_COUNT) => {
                 Some((&mut self.serial, addr - u64::from(SERIAL_PORT_BASE)))
@@ -155,12 +162,18 @@ mod tests {
         let mut index = 0;
         while let Some((base, irq)) = virtio_slot(index) {
             assert_ne!(irq, SERIAL_IRQ);
-            assert!((1..16).contains(&irq), "IRQ {irq} is outside the MP table's 16 entries");
+            assert!(
+                (1..16).contains(&irq),
+                "IRQ {irq} is outside the MP table's 16 entries"
+            );
             bases.push(base);
             index += 1;
         }
         assert_eq!(index, VIRTIO_IRQS.len());
         assert!(bases.windows(2).all(|w| w[1] - w[0] == VIRTIO_MMIO_SIZE));
-        assert_eq!(virtio_cmdline_entry(bases[1], 6), "virtio_mmio.device=4K@0xd0001000:6");
+        assert_eq!(
+            virtio_cmdline_entry(bases[1], 6),
+            "virtio_mmio.device=4K@0xd0001000:6"
+        );
     }
 }

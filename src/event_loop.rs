@@ -84,7 +84,11 @@ impl EventLoop {
         vcpu_count: usize,
     ) -> io::Result<Self> {
         let registry = poll.registry();
-        registry.register(&mut SourceFd(&reset_evt.as_raw_fd()), RESET_TOKEN, Interest::READABLE)?;
+        registry.register(
+            &mut SourceFd(&reset_evt.as_raw_fd()),
+            RESET_TOKEN,
+            Interest::READABLE,
+        )?;
         // Regular files and /dev/null cannot be polled: then the guest simply gets no input.
         let stdin = stdin.filter(|fd| {
             match registry.register(&mut SourceFd(fd), STDIN_TOKEN, Interest::READABLE) {
@@ -96,7 +100,11 @@ impl EventLoop {
             }
         });
         for (index, (fd, interest)) in devices.event_sources().into_iter().enumerate() {
-            registry.register(&mut SourceFd(&fd), Token(FIRST_DEVICE_TOKEN + index), interest)?;
+            registry.register(
+                &mut SourceFd(&fd),
+                Token(FIRST_DEVICE_TOKEN + index),
+                interest,
+            )?;
         }
         Ok(EventLoop {
             poll,
@@ -159,13 +167,21 @@ impl EventLoop {
     fn drain_vcpu_messages(&mut self) -> Option<VmExit> {
         while let Ok(message) = self.vcpu_rx.try_recv() {
             match message {
-                VcpuMessage::Write { space, addr, data, .. } => {
+                VcpuMessage::Write {
+                    space, addr, data, ..
+                } => {
                     self.count_exit(space);
                     if !self.devices.write(space, addr, data.as_slice()) {
                         self.record_unhandled(space, addr, true);
                     }
                 }
-                VcpuMessage::Read { space, addr, len, reply, .. } => {
+                VcpuMessage::Read {
+                    space,
+                    addr,
+                    len,
+                    reply,
+                    ..
+                } => {
                     self.count_exit(space);
                     let mut data = IoData { len, bytes: [0; 8] };
                     if !self.devices.read(space, addr, data.as_mut_slice()) {
@@ -199,7 +215,10 @@ impl EventLoop {
     }
 
     fn record_unhandled(&mut self, space: AddressSpace, addr: u64, is_write: bool) {
-        log::debug!("unhandled {space:?} {} at {addr:#x}", if is_write { "write" } else { "read" });
+        log::debug!(
+            "unhandled {space:?} {} at {addr:#x}",
+            if is_write { "write" } else { "read" }
+        );
         if self.stats.unhandled.len() < MAX_UNHANDLED_RECORDED {
             self.stats.unhandled.push((space, addr, is_write));
         }

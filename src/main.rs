@@ -36,7 +36,10 @@ fn init_logging(level: Option<&str>) {
     if let Some(level) = level {
         builder.parse_filters(level);
     }
-    builder.format_target(false).format_timestamp_micros().init();
+    builder
+        .format_target(false)
+        .format_timestamp_micros()
+        .init();
 }
 
 fn run_kernel_command(args: volt::kernel_store::KernelArgs) -> Result<ExitCode, String> {
@@ -59,7 +62,8 @@ fn run_vm(args: &RunArgs) -> Result<ExitCode, String> {
         // A plain file needs no store (and no $HOME to find one).
         Some(path) if Path::new(path).is_file() => PathBuf::from(path),
         name => {
-            let store = KernelStore::open_or_default(args.store.clone()).map_err(|e| e.to_string())?;
+            let store =
+                KernelStore::open_or_default(args.store.clone()).map_err(|e| e.to_string())?;
             resolve_kernel(name, &store).map_err(|e| e.to_string())?
         }
     };
@@ -67,7 +71,11 @@ fn run_vm(args: &RunArgs) -> Result<ExitCode, String> {
     let config = VmConfig {
         vcpus: args.cpus,
         mem_bytes: args.mem,
-        boot: BootSource::Linux { kernel, initrd: args.initrd.clone(), cmdline: args.cmdline().to_string() },
+        boot: BootSource::Linux {
+            kernel,
+            initrd: args.initrd.clone(),
+            cmdline: args.cmdline().to_string(),
+        },
         disks: args.disks.clone(),
         nets: args.nets.clone(),
         console_out: Box::new(io::stdout()),
@@ -77,9 +85,18 @@ fn run_vm(args: &RunArgs) -> Result<ExitCode, String> {
     let vm = Vm::build(config).map_err(|e| e.to_string())?;
 
     // Everything is open: from here on the process may reopen only its disk images.
-    let allowed: Vec<FsAccess> =
-        args.disks.iter().map(|d| FsAccess { path: d.path.clone(), writable: !d.read_only }).collect();
-    let sandbox_config = SandboxConfig { seccomp, landlock: !args.no_landlock };
+    let allowed: Vec<FsAccess> = args
+        .disks
+        .iter()
+        .map(|d| FsAccess {
+            path: d.path.clone(),
+            writable: !d.read_only,
+        })
+        .collect();
+    let sandbox_config = SandboxConfig {
+        seccomp,
+        landlock: !args.no_landlock,
+    };
     sandbox::lock_down_process(&sandbox_config, &allowed).map_err(|e| e.to_string())?;
 
     terminal::take_over_stdin();

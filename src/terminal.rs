@@ -24,7 +24,8 @@ pub fn take_over_stdin() {
             return; // no stdin at all
         }
         let mut termios: libc::termios = std::mem::zeroed();
-        let termios = (libc::isatty(STDIN) == 1 && libc::tcgetattr(STDIN, &mut termios) == 0).then_some(termios);
+        let termios = (libc::isatty(STDIN) == 1 && libc::tcgetattr(STDIN, &mut termios) == 0)
+            .then_some(termios);
         if SAVED.set(SavedState { termios, flags }).is_err() {
             return;
         }

@@ -34,7 +34,10 @@ pub struct IoData {
 
 impl IoData {
     pub fn from_slice(data: &[u8]) -> Self {
-        let mut io = IoData { len: data.len().min(8), bytes: [0; 8] };
+        let mut io = IoData {
+            len: data.len().min(8),
+            bytes: [0; 8],
+        };
         io.bytes[..io.len].copy_from_slice(&data[..io.len]);
         io
     }
@@ -64,9 +67,23 @@ pub enum VcpuStop {
 /// What a vCPU thread sends to the event loop.
 #[derive(Debug)]
 pub enum VcpuMessage {
-    Write { vcpu: usize, space: AddressSpace, addr: u64, data: IoData },
-    Read { vcpu: usize, space: AddressSpace, addr: u64, len: usize, reply: Sender<IoData> },
-    Stopped { vcpu: usize, reason: VcpuStop },
+    Write {
+        vcpu: usize,
+        space: AddressSpace,
+        addr: u64,
+        data: IoData,
+    },
+    Read {
+        vcpu: usize,
+        space: AddressSpace,
+        addr: u64,
+        len: usize,
+        reply: Sender<IoData>,
+    },
+    Stopped {
+        vcpu: usize,
+        reason: VcpuStop,
+    },
 }
 
 /// The loop's end of the vCPU channels, plus the wake-up that makes its `poll` return.
@@ -134,16 +151,25 @@ pub fn spawn_vcpu(
     seccomp: SeccompMode,
 ) -> std::io::Result<VcpuHandle> {
     install_kick_handler();
-    let thread = thread::Builder::new().name(format!("volt-vcpu{index}")).spawn(move || {
-        if let Err(e) = apply_seccomp(ThreadKind::Vcpu, seccomp) {
-            let reason = VcpuStop::Error(format!("cannot install the vCPU seccomp filter: {e}"));
-            link.send(VcpuMessage::Stopped { vcpu: index, reason });
-            return;
-        }
-        let reason = run_vcpu(index, vcpu, &link, &stop);
-        log::debug!("vcpu{index} stopped: {reason:?}");
-        link.send(VcpuMessage::Stopped { vcpu: index, reason });
-    })?;
+    let thread = thread::Builder::new()
+        .name(format!("volt-vcpu{index}"))
+        .spawn(move || {
+            if let Err(e) = apply_seccomp(ThreadKind::Vcpu, seccomp) {
+                let reason =
+                    VcpuStop::Error(format!("cannot install the vCPU seccomp filter: {e}"));
+                link.send(VcpuMessage::Stopped {
+                    vcpu: index,
+                    reason,
+                });
+                return;
+            }
+            let reason = run_vcpu(index, vcpu, &link, &stop);
+            log::debug!("vcpu{index} stopped: {reason:?}");
+            link.send(VcpuMessage::Stopped {
+                vcpu: index,
+                reason,
+            });
+        })?;
     Ok(VcpuHandle { index, thread })
 }
 
@@ -152,7 +178,13 @@ fn run_vcpu(index: usize, mut vcpu: VcpuFd, link: &LoopLink, stop: &AtomicBool) 
     let (reply_tx, reply_rx) = bounded::<IoData>(1);
     let read = |space, addr, data: &mut [u8]| -> bool {
         let len = data.len().min(8);
-        let request = VcpuMessage::Read { vcpu: index, space, addr, len, reply: reply_tx.clone() };
+        let request = VcpuMessage::Read {
+            vcpu: index,
+            space,
+            addr,
+            len,
+            reply: reply_tx.clone(),
+        };
         if !link.send(request) {
             return false;
         }
@@ -165,7 +197,10 @@ fn run_vcpu(index: usize, mut vcpu: VcpuFd, link: &LoopLink, stop: &AtomicBool) 
         }
     };
     if index == 0 {
-        log::info!("vcpu0 entered guest after {} us", clock::since_start().as_micros());
+        log::info!(
+            "vcpu0 entered guest after {} us",
+            clock::since_start().as_micros()
+        );
     }
     loop {
         if stop.load(Ordering::Acquire) {

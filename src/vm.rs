@@ -10,10 +10,14 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 
 use crossbeam_channel::bounded;
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+};
 use kvm_ioctls::{IoEventAddress, Kvm, VcpuFd, VmFd};
 use mio::{Poll, Token, Waker};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{
+    Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use devices::i8042::I8042;
@@ -22,7 +26,8 @@ use devices::virtio::{Block, MmioTransport, Net, VirtioDevice};
 
 use crate::boot::{self, BootError};
 use crate::device_manager::{
-    virtio_cmdline_entry, virtio_slot, Devices, VirtioSlot, SERIAL_IRQ, VIRTIO_IRQS, VIRTIO_MMIO_QUEUE_NOTIFY,
+    virtio_cmdline_entry, virtio_slot, Devices, VirtioSlot, SERIAL_IRQ, VIRTIO_IRQS,
+    VIRTIO_MMIO_QUEUE_NOTIFY,
 };
 use crate::event_loop::{EventLoop, LoopStats, VmExit};
 use crate::sandbox::{apply_seccomp, SeccompMode, ThreadKind};
@@ -34,7 +39,11 @@ pub const MAX_VCPUS: u8 = 254;
 /// What the guest runs.
 pub enum BootSource {
     /// A Linux kernel (ELF vmlinux or bzImage) booted through the 64-bit boot protocol.
-    Linux { kernel: PathBuf, initrd: Option<PathBuf>, cmdline: String },
+    Linux {
+        kernel: PathBuf,
+        initrd: Option<PathBuf>,
+        cmdline: String,
+    },
     /// Bare machine code copied to `load_addr`; every vCPU starts there in 64-bit mode with
     /// its index in RDI. Used by the tests to run tiny guests through the real VMM.
     Raw { code: Vec<u8>, load_addr: u64 },
@@ -79,17 +88,37 @@ pub enum VmError {
     #[error("--cpus must be between 1 and {MAX_VCPUS}, not {0}")]
     BadVcpuCount(u8),
     #[error("cannot open {what} {path}: {source}")]
-    OpenFile { what: &'static str, path: PathBuf, source: io::Error },
+    OpenFile {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
     #[error(transparent)]
     Boot(#[from] BootError),
+    #[error("cannot boot {path}: {source}")]
+    Kernel { path: PathBuf, source: BootError },
     #[error("KVM {what} failed: {source}")]
-    Kvm { what: &'static str, source: kvm_ioctls::Error },
+    Kvm {
+        what: &'static str,
+        source: kvm_ioctls::Error,
+    },
     #[error("{what} failed: {source}")]
-    Io { what: &'static str, source: io::Error },
-    #[error("disk {path}: {source}")]
-    Disk { path: PathBuf, source: devices::virtio::BlockError },
-    #[error("network device on tap '{tap}': {source}")]
-    Net { tap: String, source: devices::virtio::NetError },
+    Io {
+        what: &'static str,
+        source: io::Error,
+    },
+    /// The block error names the image.
+    #[error("{source}")]
+    Disk {
+        path: PathBuf,
+        source: devices::virtio::BlockError,
+    },
+    /// The net error names the tap.
+    #[error("{source}")]
+    Net {
+        tap: String,
+        source: devices::virtio::NetError,
+    },
     #[error("too many virtio devices: at most {} disks and network cards together", VIRTIO_IRQS.len())]
     TooManyDevices,
     #[error("the event loop failed: {0}")]
@@ -142,26 +171,47 @@ impl Vm {
         // Devices first: a missing disk or tap is reported before any kernel work.
         let virtio = create_virtio_devices(&vm_fd, &mem, &config.disks, &config.nets)?;
         let entry = match &config.boot {
-            BootSource::Linux { kernel, initrd, cmdline } => {
+            BootSource::Linux {
+                kernel,
+                initrd,
+                cmdline,
+            } => {
                 let mut kernel_file = open(kernel, "kernel")?;
                 let mut initrd_file = initrd.as_ref().map(|p| open(p, "initrd")).transpose()?;
                 let cmdline = full_cmdline(cmdline, &config.disks, &virtio);
                 log::debug!("kernel command line: {cmdline}");
-                Some(boot::load_linux(&mem, &mut kernel_file, initrd_file.as_mut(), &cmdline, config.vcpus)?)
+                let entry = boot::load_linux(
+                    &mem,
+                    &mut kernel_file,
+                    initrd_file.as_mut(),
+                    &cmdline,
+                    config.vcpus,
+                )
+                .map_err(|source| VmError::Kernel {
+                    path: kernel.clone(),
+                    source,
+                })?;
+                Some(entry)
             }
             BootSource::Raw { code, load_addr } => {
                 boot::write_boot_tables(&mem, config.vcpus)?;
                 mem.write_slice(code, GuestAddress(*load_addr))
-                    .map_err(|e| VmError::Io { what: "loading the guest image", source: io::Error::other(e) })?;
+                    .map_err(|e| VmError::Io {
+                        what: "loading the guest image",
+                        source: io::Error::other(e),
+                    })?;
                 None
             }
         };
 
-        let supported_cpuid =
-            kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+        let supported_cpuid = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
         let mut vcpus = Vec::with_capacity(config.vcpus.into());
         for index in 0..config.vcpus {
-            let vcpu = vm_fd.create_vcpu(index.into()).map_err(kvm_err("KVM_CREATE_VCPU"))?;
+            let vcpu = vm_fd
+                .create_vcpu(index.into())
+                .map_err(kvm_err("KVM_CREATE_VCPU"))?;
             let start = if index == 0 { entry.as_ref() } else { None };
             boot::configure_vcpu(&vcpu, &mem, &supported_cpuid, index, config.vcpus, start)?;
             if let BootSource::Raw { load_addr, .. } = &config.boot {
@@ -171,10 +221,16 @@ impl Vm {
         }
 
         let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(io_err("eventfd"))?;
-        vm_fd.register_irqfd(&serial_irq, SERIAL_IRQ).map_err(kvm_err("KVM_IRQFD (serial)"))?;
+        vm_fd
+            .register_irqfd(&serial_irq, SERIAL_IRQ)
+            .map_err(kvm_err("KVM_IRQFD (serial)"))?;
         let reset_evt = EventFd::new(EFD_NONBLOCK).map_err(io_err("eventfd"))?;
         let i8042 = I8042::new(reset_evt.try_clone().map_err(io_err("eventfd"))?);
-        let devices = Devices::new(SerialConsole::new(serial_irq, config.console_out), i8042, virtio);
+        let devices = Devices::new(
+            SerialConsole::new(serial_irq, config.console_out),
+            i8042,
+            virtio,
+        );
 
         Ok(Vm {
             _kvm: kvm,
@@ -200,18 +256,36 @@ impl Vm {
     }
 
     fn spawn_threads(self) -> Result<RunningVm, VmError> {
-        let Vm { _kvm, _vm_fd, guest_memory, vcpus, poll, devices, reset_evt, console_in, seccomp } = self;
+        let Vm {
+            _kvm,
+            _vm_fd,
+            guest_memory,
+            vcpus,
+            poll,
+            devices,
+            reset_evt,
+            console_in,
+            seccomp,
+        } = self;
         // Bounded, so a guest that floods the loop with writes is slowed down, not buffered.
         let (sender, receiver) = bounded(1024);
         let waker = Arc::new(Waker::new(poll.registry(), Token(0)).map_err(io_err("waker"))?);
         let vcpu_count = vcpus.len();
-        let event_loop =
-            EventLoop::new(poll, waker.clone(), receiver, devices, reset_evt, console_in, vcpu_count)
-            .map_err(VmError::EventLoop)?;
+        let event_loop = EventLoop::new(
+            poll,
+            waker.clone(),
+            receiver,
+            devices,
+            reset_evt,
+            console_in,
+            vcpu_count,
+        )
+        .map_err(VmError::EventLoop)?;
         let loop_thread = thread::Builder::new()
             .name("volt-loop".into())
             .spawn(move || {
-                apply_seccomp(ThreadKind::EventLoop, seccomp).map_err(|e| io::Error::other(e.to_string()))?;
+                apply_seccomp(ThreadKind::EventLoop, seccomp)
+                    .map_err(|e| io::Error::other(e.to_string()))?;
                 event_loop.run()
             })
             .map_err(io_err("spawning the event loop"))?;
@@ -219,17 +293,30 @@ impl Vm {
         let stop = Arc::new(AtomicBool::new(false));
         let mut handles = Vec::with_capacity(vcpu_count);
         for (index, vcpu) in vcpus.into_iter().enumerate() {
-            let link = LoopLink { sender: sender.clone(), waker: waker.clone() };
+            let link = LoopLink {
+                sender: sender.clone(),
+                waker: waker.clone(),
+            };
             match spawn_vcpu(index, vcpu, link, stop.clone(), seccomp) {
                 Ok(handle) => handles.push(handle),
                 Err(e) => {
                     stop.store(true, Ordering::Release);
                     handles.into_iter().for_each(VcpuHandle::stop_and_join);
-                    return Err(VmError::Io { what: "spawning a vCPU thread", source: e });
+                    return Err(VmError::Io {
+                        what: "spawning a vCPU thread",
+                        source: e,
+                    });
                 }
             }
         }
-        Ok(RunningVm { loop_thread, vcpus: handles, stop, _vm_fd, _kvm, _guest_memory: guest_memory })
+        Ok(RunningVm {
+            loop_thread,
+            vcpus: handles,
+            stop,
+            _vm_fd,
+            _kvm,
+            _guest_memory: guest_memory,
+        })
     }
 
     /// Builds, runs and tears down a VM: the whole life of one guest.
@@ -310,45 +397,69 @@ fn create_virtio_devices(
 ) -> Result<Vec<VirtioSlot>, VmError> {
     let mut models: Vec<Box<dyn VirtioDevice>> = Vec::new();
     for disk in disks {
-        let block = Block::new(&disk.path, disk.read_only)
-            .map_err(|source| VmError::Disk { path: disk.path.clone(), source })?;
+        let block = Block::new(&disk.path, disk.read_only).map_err(|source| VmError::Disk {
+            path: disk.path.clone(),
+            source,
+        })?;
         models.push(Box::new(block));
     }
     for net in nets {
-        let card = Net::new(&net.tap, net.mac).map_err(|source| VmError::Net { tap: net.tap.clone(), source })?;
+        let card = Net::new(&net.tap, net.mac).map_err(|source| VmError::Net {
+            tap: net.tap.clone(),
+            source,
+        })?;
         models.push(Box::new(card));
     }
     let mut slots = Vec::with_capacity(models.len());
     for (index, model) in models.into_iter().enumerate() {
         let (base, irq) = virtio_slot(index).ok_or(VmError::TooManyDevices)?;
         let irq_evt = EventFd::new(EFD_NONBLOCK).map_err(io_err("eventfd"))?;
-        vm_fd.register_irqfd(&irq_evt, irq).map_err(kvm_err("KVM_IRQFD (virtio)"))?;
-        let transport = MmioTransport::new(model, mem.clone(), irq_evt).map_err(io_err("virtio transport"))?;
+        vm_fd
+            .register_irqfd(&irq_evt, irq)
+            .map_err(kvm_err("KVM_IRQFD (virtio)"))?;
+        let transport =
+            MmioTransport::new(model, mem.clone(), irq_evt).map_err(io_err("virtio transport"))?;
         for (queue, evt) in transport.queue_events().iter().enumerate() {
             let notify = IoEventAddress::Mmio(base + VIRTIO_MMIO_QUEUE_NOTIFY);
-            vm_fd.register_ioevent(evt, &notify, queue as u32).map_err(kvm_err("KVM_IOEVENTFD"))?;
+            vm_fd
+                .register_ioevent(evt, &notify, queue as u32)
+                .map_err(kvm_err("KVM_IOEVENTFD"))?;
         }
-        slots.push(VirtioSlot { base, irq, transport });
+        slots.push(VirtioSlot {
+            base,
+            irq,
+            transport,
+        });
     }
     Ok(slots)
 }
 
 fn open(path: &PathBuf, what: &'static str) -> Result<File, VmError> {
-    let file = File::open(path).map_err(|source| VmError::OpenFile { what, path: path.clone(), source })?;
+    let file = File::open(path).map_err(|source| VmError::OpenFile {
+        what,
+        path: path.clone(),
+        source,
+    })?;
     let is_dir = file.metadata().map(|m| m.is_dir()).unwrap_or(false);
     if is_dir {
         let source = io::Error::new(io::ErrorKind::InvalidInput, "it is a directory");
-        return Err(VmError::OpenFile { what, path: path.clone(), source });
+        return Err(VmError::OpenFile {
+            what,
+            path: path.clone(),
+            source,
+        });
     }
     Ok(file)
 }
 
 fn map_guest_memory(vm_fd: &VmFd, mem: &GuestMemoryMmap) -> Result<(), VmError> {
     for (slot, region) in mem.iter().enumerate() {
-        let host = mem.get_host_address(region.start_addr()).map_err(|e| VmError::Io {
-            what: "mapping guest memory",
-            source: io::Error::other(e),
-        })?;
+        let host = mem
+            .get_host_address(region.start_addr())
+            .map_err(|e| VmError::Io {
+                what: "mapping guest memory",
+                source: io::Error::other(e),
+            })?;
         let region = kvm_userspace_memory_region {
             slot: slot as u32,
             guest_phys_addr: region.start_addr().raw_value(),
@@ -358,7 +469,8 @@ fn map_guest_memory(vm_fd: &VmFd, mem: &GuestMemoryMmap) -> Result<(), VmError> 
         };
         // SAFETY: the mapping belongs to `mem`, which outlives the VM's use of it: the event
         // loop holds a clone and the vCPU threads are joined before either is dropped.
-        unsafe { vm_fd.set_user_memory_region(region) }.map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
+        unsafe { vm_fd.set_user_memory_region(region) }
+            .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
     }
     Ok(())
 }
@@ -366,9 +478,16 @@ fn map_guest_memory(vm_fd: &VmFd, mem: &GuestMemoryMmap) -> Result<(), VmError> 
 /// The in-kernel PIC, I/O APIC, LAPICs and PIT: the guest's timer and interrupt routing.
 fn create_interrupt_controllers(vm_fd: &VmFd) -> Result<(), VmError> {
     // Intel VMX needs three pages for the real-mode TSS, out of the guest's way below 4 GiB.
-    vm_fd.set_tss_address(0xfffb_d000).map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
-    vm_fd.create_irq_chip().map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
-    let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
+    vm_fd
+        .set_tss_address(0xfffb_d000)
+        .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+    vm_fd
+        .create_irq_chip()
+        .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
     vm_fd.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
     Ok(())
 }
@@ -378,8 +497,14 @@ const RAW_STACK_TOP: u64 = 0x8_0000;
 const RAW_STACK_SIZE: u64 = 0x400;
 
 /// Puts a vCPU of a raw test image into 64-bit mode at the image's start with RDI = index.
-fn start_raw_vcpu(vcpu: &VcpuFd, mem: &GuestMemoryMmap, load_addr: u64, index: u8) -> Result<(), VmError> {
-    boot::regs::setup_long_mode(vcpu, mem, GuestAddress(load_addr), None).map_err(BootError::from)?;
+fn start_raw_vcpu(
+    vcpu: &VcpuFd,
+    mem: &GuestMemoryMmap,
+    load_addr: u64,
+    index: u8,
+) -> Result<(), VmError> {
+    boot::regs::setup_long_mode(vcpu, mem, GuestAddress(load_addr), None)
+        .map_err(BootError::from)?;
     let mut regs = vcpu.get_regs().map_err(kvm_err("KVM_GET_REGS"))?;
     regs.rdi = index.into();
     regs.rsp = RAW_STACK_TOP - u64::from(index) * RAW_STACK_SIZE;
@@ -388,7 +513,8 @@ fn start_raw_vcpu(vcpu: &VcpuFd, mem: &GuestMemoryMmap, load_addr: u64, index: u
         // Application processors wait for INIT/SIPI; a raw image has them start at once.
         let mut mp_state = vcpu.get_mp_state().map_err(kvm_err("KVM_GET_MP_STATE"))?;
         mp_state.mp_state = kvm_bindings::KVM_MP_STATE_RUNNABLE;
-        vcpu.set_mp_state(mp_state).map_err(kvm_err("KVM_SET_MP_STATE"))?;
+        vcpu.set_mp_state(mp_state)
+            .map_err(kvm_err("KVM_SET_MP_STATE"))?;
     }
     Ok(())
 }

@@ -38,7 +38,11 @@ fn serial_output_reaches_the_console_and_i8042_reset_ends_the_vm() {
     assert_eq!(run.console, "hello from the guest\n");
     assert_eq!(run.exit, VmExit::Reset);
     assert_eq!(run.exit.exit_code(), 0);
-    assert!(run.stats.pio_exits >= 22, "every byte and the reset are port exits: {:?}", run.stats);
+    assert!(
+        run.stats.pio_exits >= 22,
+        "every byte and the reset are port exits: {:?}",
+        run.stats
+    );
 }
 
 #[test]
@@ -56,7 +60,11 @@ fn a_triple_fault_shuts_the_vm_down_cleanly() {
         a.dq(&[0])
     });
     let run = run_raw_guest(code, 1, SeccompMode::Kill);
-    assert!(matches!(run.exit, VmExit::Shutdown { vcpu: 0 }), "{:?}", run.exit);
+    assert!(
+        matches!(run.exit, VmExit::Shutdown { vcpu: 0 }),
+        "{:?}",
+        run.exit
+    );
     assert_eq!(run.exit.exit_code(), 0);
 }
 
@@ -106,7 +114,11 @@ fn two_and_four_vcpus_each_run_on_their_own_thread() {
     for vcpus in [2u8, 4] {
         let run = run_raw_guest(smp_guest(vcpus), vcpus, SeccompMode::Kill);
         let expected: String = (0..vcpus).map(|i| char::from(b'0' + i)).collect();
-        assert_eq!(run.console, format!("{expected}\nall cpus ran\n"), "{vcpus} vCPUs");
+        assert_eq!(
+            run.console,
+            format!("{expected}\nall cpus ran\n"),
+            "{vcpus} vCPUs"
+        );
         assert_eq!(run.exit, VmExit::Reset);
     }
 }
@@ -132,7 +144,10 @@ fn an_mmio_access_to_an_unmapped_address_reaches_the_event_loop() {
     assert_eq!(run.console, "0");
     assert_eq!(
         run.stats.unhandled,
-        vec![(AddressSpace::Mmio, 0x3000_0000, true), (AddressSpace::Mmio, 0x3000_0008, false)]
+        vec![
+            (AddressSpace::Mmio, 0x3000_0000, true),
+            (AddressSpace::Mmio, 0x3000_0008, false)
+        ]
     );
     assert_eq!(run.stats.mmio_exits, 2);
 }

@@ -1,7 +1,6 @@
 //! The i8042 keyboard controller, kept for one job: command 0xFE on port 0x64 resets the CPU,
 //! which is how a Linux guest booted with `reboot=k` reboots or powers off. The VMM ends the VM.
 
-
 use vm_superio::I8042Device;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -19,7 +18,9 @@ pub struct I8042 {
 impl I8042 {
     /// `reset_evt` is signalled when the guest asks for a CPU reset.
     pub fn new(reset_evt: EventFd) -> Self {
-        I8042 { device: I8042Device::new(IrqTrigger(reset_evt)) }
+        I8042 {
+            device: I8042Device::new(IrqTrigger(reset_evt)),
+        }
     }
 }
 

@@ -32,7 +32,10 @@ pub struct ConsoleOutput {
 
 impl ConsoleOutput {
     pub fn new(sink: Box<dyn Write + Send>) -> Self {
-        ConsoleOutput { buffer: Vec::with_capacity(4096), sink }
+        ConsoleOutput {
+            buffer: Vec::with_capacity(4096),
+            sink,
+        }
     }
 
     /// Writes out everything the guest produced since the last call.
@@ -40,7 +43,10 @@ impl ConsoleOutput {
         if self.buffer.is_empty() {
             return Ok(());
         }
-        let result = self.sink.write_all(&self.buffer).and_then(|_| self.sink.flush());
+        let result = self
+            .sink
+            .write_all(&self.buffer)
+            .and_then(|_| self.sink.flush());
         self.buffer.clear();
         result
     }
@@ -114,7 +120,9 @@ const DATA_REGISTER: u64 = 0;
 
 impl BusDevice for SerialConsole {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
-        let Some(first) = data.first_mut() else { return };
+        let Some(first) = data.first_mut() else {
+            return;
+        };
         *first = self.uart.read(offset as u8);
         if offset == DATA_REGISTER {
             self.fill_fifo();
@@ -191,7 +199,11 @@ mod tests {
         for _ in 0..input.len() {
             let mut lsr = [0u8];
             serial.read(5, &mut lsr);
-            assert_eq!(lsr[0] & 1, 1, "data-ready must stay set while input is pending");
+            assert_eq!(
+                lsr[0] & 1,
+                1,
+                "data-ready must stay set while input is pending"
+            );
             let mut byte = [0u8];
             serial.read(0, &mut byte);
             received.push(byte[0]);

@@ -9,7 +9,9 @@
 //! 0x0000_b000  PD    /
 //! 0x0002_0000  kernel command line (CMDLINE_MAX_SIZE bytes, NUL included)
 //! 0x0009_fc00  EBDA: MP floating pointer + MP configuration table (e820 reserved)
-//! 0x000a_0000  legacy VGA / option ROM hole (never reported as RAM)
+//! 0x000a_0000  legacy VGA / option ROM hole (never reported as RAM; the MP table runs on
+//!              into it for more than 41 vCPUs)
+//! 0x000f_0000  BIOS ROM area (e820 reserved)
 //! 0x0010_0000  HIMEM: kernel load address; RAM continues up to min(end, MMIO_GAP_START)
 //! 0xc000_0000  32-bit MMIO gap up to 4 GiB: no guest RAM here
 //!   0xd000_0000  virtio-mmio devices, VIRTIO_MMIO_SIZE bytes each

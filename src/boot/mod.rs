@@ -413,6 +413,114 @@ mod tests {
         );
     }
 
+    /// Loads real kernels named in VOLT_TEST_KERNELS (paths separated by ':'), e.g. a distro
+    /// vmlinuz and a vmlinux, and checks where they land.
+    #[test]
+    fn real_kernels_from_env() {
+        let Ok(paths) = std::env::var("VOLT_TEST_KERNELS") else {
+            eprintln!("SKIP: real_kernels_from_env: VOLT_TEST_KERNELS is not set");
+            return;
+        };
+        for path in paths.split(':').filter(|p| !p.is_empty()) {
+            let mem = create_guest_memory(256 << 20).unwrap();
+            let mut kernel = File::open(path).unwrap();
+            let start = load_linux(&mem, &mut kernel, None, "console=ttyS0", 2)
+                .unwrap_or_else(|e| panic!("{path}: {e}"));
+            let p = zero_page(&mem);
+            eprintln!(
+                "{path}: entry {:#x}, boot protocol {:#x}, init_size {:#x}",
+                start.entry.0,
+                { p.hdr.version },
+                { p.hdr.init_size }
+            );
+            if { p.hdr.version } != 0 {
+                assert_eq!(start.entry, GuestAddress(HIMEM_START + 0x200), "{path}");
+                assert_ne!({ p.hdr.xloadflags } & 1, 0, "{path}: 64-bit entry");
+            } else {
+                assert!(start.entry.0 >= HIMEM_START, "{path}");
+            }
+        }
+    }
+
+    /// Boots the real kernel in VOLT_BOOT_LINUX on 2 vCPUs with just enough of a serial port
+    /// (a THR that prints and an LSR that is always ready) for earlyprintk, and checks that
+    /// Linux took our e820 map and MP table, brought up both CPUs and got to mounting root.
+    /// Needs a real KVM: run it through ../shared/nested-kvm/run.sh (PVM cannot boot Linux).
+    #[test]
+    fn boots_real_linux_from_env() {
+        use std::sync::{Arc, Mutex};
+        use std::time::{Duration, Instant};
+
+        let Ok(path) = std::env::var("VOLT_BOOT_LINUX") else {
+            eprintln!("SKIP: boots_real_linux_from_env: VOLT_BOOT_LINUX is not set");
+            return;
+        };
+        let num_cpus = 2u8;
+        let mem = create_guest_memory(256 << 20).unwrap();
+        let mut kernel = File::open(&path).unwrap();
+        let cmdline = "earlyprintk=serial,ttyS0,115200 keep_bootcon pci=off panic=-1 loglevel=8";
+        let start = load_linux(&mem, &mut kernel, None, cmdline, num_cpus).unwrap();
+        let Some((kvm, vm)) = test_vm("boots_real_linux_from_env", &mem) else {
+            return;
+        };
+        vm.set_tss_address(0xfffb_d000).unwrap();
+        vm.create_pit2(kvm_bindings::kvm_pit_config::default())
+            .unwrap();
+        let cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).unwrap();
+        let console = Arc::new(Mutex::new(Vec::<u8>::new()));
+        for index in 0..num_cpus {
+            let mut vcpu = vm.create_vcpu(u64::from(index)).unwrap();
+            let boot = (index == 0).then_some(&start);
+            configure_vcpu(&vcpu, &mem, &cpuid, index, num_cpus, boot).unwrap();
+            let console = console.clone();
+            // The threads stay in KVM_RUN until the process exits.
+            std::thread::spawn(move || loop {
+                match vcpu.run() {
+                    Ok(kvm_ioctls::VcpuExit::IoOut(0x3f8, data)) => {
+                        console.lock().unwrap().extend_from_slice(data)
+                    }
+                    Ok(kvm_ioctls::VcpuExit::IoIn(port, data)) => {
+                        data.fill(0);
+                        if port == 0x3fd {
+                            data[0] = 0x60; // LSR: transmitter empty
+                        }
+                    }
+                    Ok(kvm_ioctls::VcpuExit::MmioRead(_, data)) => data.fill(0),
+                    Ok(kvm_ioctls::VcpuExit::IoOut(..) | kvm_ioctls::VcpuExit::MmioWrite(..)) => {}
+                    // An AP's KVM_RUN returns EAGAIN once it has taken INIT (before SIPI).
+                    Err(e) if e.errno() == libc::EAGAIN || e.errno() == libc::EINTR => {}
+                    exit => {
+                        let text = format!("\n[vcpu {index} stopped: {exit:?}]\n");
+                        console.lock().unwrap().extend_from_slice(text.as_bytes());
+                        return;
+                    }
+                }
+            });
+        }
+        let done = ["Unable to mount root", "Kernel panic", "stopped: "];
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let text = loop {
+            std::thread::sleep(Duration::from_millis(200));
+            let text = String::from_utf8_lossy(&console.lock().unwrap()).into_owned();
+            if done.iter().any(|d| text.contains(d)) || Instant::now() > deadline {
+                break text;
+            }
+        };
+        eprintln!("----- guest console -----\n{text}\n-------------------------");
+        for expected in [
+            "Linux version",
+            "BIOS-e820: [mem 0x0000000000000000-0x000000000009fbff] usable",
+            "BIOS-e820: [mem 0x000000000009fc00-0x000000000009ffff] reserved",
+            "BIOS-e820: [mem 0x0000000000100000-0x000000000fffffff] usable",
+            "Intel MultiProcessor Specification v1.4",
+            "OEM ID: VOLT",
+            "Brought up 1 node, 2 CPUs",
+            "Unable to mount root",
+        ] {
+            assert!(text.contains(expected), "guest console lacks {expected:?}");
+        }
+    }
+
     #[test]
     fn configure_vcpu_rejects_bad_indices() {
         let mem = create_guest_memory(MEM).unwrap();

@@ -41,7 +41,6 @@ const IOAPIC_FLAG_ENABLED: u8 = 1;
 const ISA_BUS_ID: u8 = 0;
 const ISA_BUS_TYPE: [u8; 6] = *b"ISA   ";
 const INT_TYPE_INT: u8 = 0;
-const INT_TYPE_EXTINT: u8 = 3;
 /// Polarity and trigger "conform to bus" (edge, active high for ISA).
 const INT_FLAG_CONFORMS: u16 = 0;
 const ISA_IRQS: u8 = 16;
@@ -217,12 +216,12 @@ fn build_mptable(num_cpus: u8, start: u64) -> Vec<u8> {
     for irq in 0..ISA_IRQS {
         let intsrc = MpIntSrc {
             entry_type: ENTRY_INTSRC,
-            // IRQ0 is the legacy PIC's output (ExtINT); the rest are plain ISA interrupts.
-            irq_type: if irq == 0 {
-                INT_TYPE_EXTINT
-            } else {
-                INT_TYPE_INT
-            },
+            // Every ISA IRQ, IRQ0 (the PIT) included, is a plain interrupt on I/O APIC pin
+            // `irq`, which is how KVM's in-kernel I/O APIC routes GSIs 0-15. Declaring pin 0 as
+            // ExtINT instead makes Linux 6.1 look for the timer elsewhere and oops in
+            // check_timer() (seen booting a real kernel under nested KVM). The 8259's ExtINT
+            // reaches the CPUs through LAPIC LINT0 (see regs::setup_lapic_lints).
+            irq_type: INT_TYPE_INT,
             irq_flags: INT_FLAG_CONFORMS,
             src_bus_id: ISA_BUS_ID,
             src_bus_irq: irq,
@@ -388,8 +387,7 @@ mod tests {
         );
         for irq in 0..16usize {
             let e = &t[116 + irq * 8..116 + (irq + 1) * 8];
-            let irq_type = if irq == 0 { 3 } else { 0 };
-            assert_eq!(e, &[3, irq_type, 0, 0, 0, irq as u8, cpus, irq as u8]);
+            assert_eq!(e, &[3, 0, 0, 0, 0, irq as u8, cpus, irq as u8], "IRQ {irq}");
         }
         assert_eq!(116 + 16 * 8, mptable_size(cpus));
     }

@@ -5,6 +5,7 @@
 //! ([`AllowedSyscall`]) so that the same data builds the BPF program and prints
 //! `volt --print-seccomp`.
 
+use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io::{self, Write};
@@ -318,16 +319,45 @@ const EVENT_LOOP: &[AllowedSyscall] = &[
     ),
 ];
 
-/// The main thread, once the VM runs, waits for the others and restores the terminal.
-const MAIN: &[AllowedSyscall] = &[allow_if(
-    "ioctl",
-    libc::SYS_ioctl,
-    ArgRule::OneOf {
-        arg: 1,
-        values: &[("TCGETS", TCGETS), ("TCSETS", TCSETS), ("TCSETSW", TCSETSW)],
-    },
-    "restore the terminal",
-)];
+/// The main thread, once the VM runs, waits for the others, stops the vCPUs and restores the
+/// terminal.
+const MAIN: &[AllowedSyscall] = &[
+    allow_if(
+        "ioctl",
+        libc::SYS_ioctl,
+        ArgRule::OneOf {
+            arg: 1,
+            values: &[("TCGETS", TCGETS), ("TCSETS", TCSETS), ("TCSETSW", TCSETSW)],
+        },
+        "restore the terminal",
+    ),
+    allow_if(
+        "fcntl",
+        libc::SYS_fcntl,
+        ArgRule::OneOf {
+            arg: 1,
+            values: &[("F_SETFL", libc::F_SETFL as u64)],
+        },
+        "give stdin back its blocking mode",
+    ),
+    allow(
+        "getpid",
+        libc::SYS_getpid,
+        "pthread_kill looks up its own pid",
+    ),
+    allow_if(
+        "tgkill",
+        libc::SYS_tgkill,
+        ArgRule::OwnPid { arg: 0 },
+        "kick vCPU threads out of KVM_RUN at the end, own process only",
+    ),
+    allow(
+        "clock_nanosleep",
+        libc::SYS_clock_nanosleep,
+        "pause between kicks while a vCPU thread ends",
+    ),
+    allow("nanosleep", libc::SYS_nanosleep, "same, older libc"),
+];
 
 /// The complete allow-list of a thread kind: the common part followed by its own.
 pub fn allowed_syscalls(kind: ThreadKind) -> Vec<AllowedSyscall> {
@@ -377,7 +407,17 @@ pub fn filter_for(kind: ThreadKind, mode: SeccompMode) -> Result<Option<BpfProgr
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     for entry in allowed_syscalls(kind) {
         let chain = rule_chain(&entry, own_pid).map_err(build_err)?;
-        rules.insert(entry.nr, chain);
+        // A syscall may be listed twice (common part and the thread's own, e.g. fcntl with
+        // other commands): its rules add up, and an unconditional entry wins (empty chain).
+        match rules.entry(entry.nr) {
+            Entry::Vacant(slot) => {
+                slot.insert(chain);
+            }
+            Entry::Occupied(mut slot) if slot.get().is_empty() || chain.is_empty() => {
+                slot.get_mut().clear()
+            }
+            Entry::Occupied(mut slot) => slot.get_mut().extend(chain),
+        }
     }
     let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(build_err)?;
     let filter = SeccompFilter::new(rules, mismatch_action, SeccompAction::Allow, arch)

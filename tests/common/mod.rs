@@ -15,7 +15,11 @@ pub const GUEST_LOAD_ADDR: u64 = 0x10_0000;
 
 /// True when /dev/kvm opens; otherwise prints a visible SKIP line for `test`.
 pub fn kvm_available(test: &str) -> bool {
-    match std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
         Ok(_) => true,
         Err(e) => {
             eprintln!("SKIP: {test}: /dev/kvm cannot be opened ({e})");
@@ -45,7 +49,9 @@ impl Write for CapturedConsole {
 }
 
 /// 64-bit code, assembled for the address the guest is loaded at.
-pub fn assemble(build: impl FnOnce(&mut CodeAssembler) -> Result<(), iced_x86::IcedError>) -> Vec<u8> {
+pub fn assemble(
+    build: impl FnOnce(&mut CodeAssembler) -> Result<(), iced_x86::IcedError>,
+) -> Vec<u8> {
     let mut asm = CodeAssembler::new(64).unwrap();
     build(&mut asm).unwrap();
     asm.assemble(GUEST_LOAD_ADDR).unwrap()
@@ -63,7 +69,10 @@ pub fn run_raw_guest(code: Vec<u8>, vcpus: u8, seccomp: SeccompMode) -> RawRun {
     let config = VmConfig {
         vcpus,
         mem_bytes: 64 << 20,
-        boot: BootSource::Raw { code, load_addr: GUEST_LOAD_ADDR },
+        boot: BootSource::Raw {
+            code,
+            load_addr: GUEST_LOAD_ADDR,
+        },
         disks: Vec::new(),
         nets: Vec::new(),
         console_out: Box::new(console.clone()),
@@ -71,5 +80,9 @@ pub fn run_raw_guest(code: Vec<u8>, vcpus: u8, seccomp: SeccompMode) -> RawRun {
         seccomp,
     };
     let (exit, stats) = Vm::run(config).expect("the VM runs");
-    RawRun { exit, stats, console: console.text() }
+    RawRun {
+        exit,
+        stats,
+        console: console.text(),
+    }
 }

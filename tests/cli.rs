@@ -1,0 +1,245 @@
+//! The `volt` binary end to end: a tiny guest packed as an ELF "kernel" boots under the full
+//! sandbox (seccomp kill mode, Landlock), prints on the serial console and resets; bad input
+//! gets one clear error line and a non-zero exit.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::*;
+use iced_x86::code_asm::*;
+
+fn volt() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_volt"))
+}
+
+/// An ELF64 executable whose single PT_LOAD puts `code` at the guest load address, with the
+/// entry there: the smallest thing Volt's loader accepts as a vmlinux.
+fn tiny_elf_kernel(dir: &Path, code: &[u8]) -> PathBuf {
+    const EHDR: usize = 64;
+    const PHDR: usize = 56;
+    let mut elf = vec![0u8; EHDR + PHDR];
+    elf[0..4].copy_from_slice(b"\x7fELF");
+    elf[4] = 2; // 64-bit
+    elf[5] = 1; // little endian
+    elf[6] = 1; // version
+    elf[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    elf[18..20].copy_from_slice(&62u16.to_le_bytes()); // x86-64
+    elf[20..24].copy_from_slice(&1u32.to_le_bytes());
+    elf[24..32].copy_from_slice(&GUEST_LOAD_ADDR.to_le_bytes()); // entry
+    elf[32..40].copy_from_slice(&(EHDR as u64).to_le_bytes()); // phoff
+    elf[52..54].copy_from_slice(&(EHDR as u16).to_le_bytes());
+    elf[54..56].copy_from_slice(&(PHDR as u16).to_le_bytes());
+    elf[56..58].copy_from_slice(&1u16.to_le_bytes()); // one program header
+    let ph = &mut elf[EHDR..];
+    ph[0..4].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+    ph[4..8].copy_from_slice(&7u32.to_le_bytes()); // RWX
+    ph[8..16].copy_from_slice(&((EHDR + PHDR) as u64).to_le_bytes()); // offset
+    ph[16..24].copy_from_slice(&GUEST_LOAD_ADDR.to_le_bytes()); // vaddr
+    ph[24..32].copy_from_slice(&GUEST_LOAD_ADDR.to_le_bytes()); // paddr
+    ph[32..40].copy_from_slice(&(code.len() as u64).to_le_bytes()); // filesz
+    ph[40..48].copy_from_slice(&(code.len() as u64).to_le_bytes()); // memsz
+    ph[48..56].copy_from_slice(&0x1000u64.to_le_bytes());
+    elf.extend_from_slice(code);
+    let path = dir.join("tiny-vmlinux");
+    std::fs::write(&path, elf).unwrap();
+    path
+}
+
+/// Prints `text` on COM1, then resets through the i8042.
+fn hello_guest(text: &[u8]) -> Vec<u8> {
+    assemble(|a| {
+        a.mov(dx, 0x3f8u32)?;
+        for &byte in text {
+            a.mov(al, u32::from(byte))?;
+            a.out(dx, al)?;
+        }
+        a.mov(al, 0xfeu32)?;
+        a.out(0x64u32, al)?;
+        a.hlt()
+    })
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn a_guest_boots_under_the_full_sandbox_and_its_reset_exits_zero() {
+    if !kvm_available("a_guest_boots_under_the_full_sandbox") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = tiny_elf_kernel(dir.path(), &hello_guest(b"booted by volt\n"));
+    for cpus in ["1", "2"] {
+        let output = volt()
+            .arg("--kernel")
+            .arg(&kernel)
+            .args(["--cpus", cpus])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&output.stdout),
+            "booted by volt\n",
+            "{}",
+            stderr(&output)
+        );
+        assert!(
+            output.status.success(),
+            "status {:?}: {}",
+            output.status,
+            stderr(&output)
+        );
+    }
+}
+
+#[test]
+fn a_kernel_from_the_store_boots_by_name() {
+    if !kvm_available("a_kernel_from_the_store_boots_by_name") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let kernel = tiny_elf_kernel(dir.path(), &hello_guest(b"from the store\n"));
+    let add = volt()
+        .args(["kernel", "add"])
+        .arg(&kernel)
+        .args(["--name", "tiny", "--store"])
+        .arg(&store)
+        .output()
+        .unwrap();
+    assert!(add.status.success(), "{}", stderr(&add));
+    let default = volt()
+        .args(["kernel", "default", "tiny", "--store"])
+        .arg(&store)
+        .output()
+        .unwrap();
+    assert!(default.status.success(), "{}", stderr(&default));
+
+    let by_name = volt()
+        .args(["--kernel", "tiny", "--store"])
+        .arg(&store)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&by_name.stdout),
+        "from the store\n",
+        "{}",
+        stderr(&by_name)
+    );
+    let by_default = volt().arg("--store").arg(&store).output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&by_default.stdout),
+        "from the store\n",
+        "{}",
+        stderr(&by_default)
+    );
+    assert!(by_default.status.success());
+}
+
+/// Runs volt with `args` and expects a failure whose stderr contains `expected`.
+fn assert_fails_with(args: &[&str], expected: &str) {
+    let output = volt().args(args).output().unwrap();
+    let message = stderr(&output);
+    assert!(!output.status.success(), "{args:?} must fail");
+    assert!(
+        message.contains(expected),
+        "{args:?}: expected '{expected}' in: {message}"
+    );
+    assert!(
+        !message.contains("panicked"),
+        "{args:?} panicked: {message}"
+    );
+}
+
+#[test]
+fn bad_input_gets_a_clear_error_and_a_non_zero_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir_path = dir.path().to_str().unwrap();
+    let not_a_kernel = dir.path().join("notes.txt");
+    std::fs::write(
+        &not_a_kernel,
+        "just text, long enough to have a header of some sort...",
+    )
+    .unwrap();
+    let not_a_kernel = not_a_kernel.to_str().unwrap();
+    let kernel = tiny_elf_kernel(dir.path(), &hello_guest(b"x"));
+    let kernel = kernel.to_str().unwrap();
+
+    assert_fails_with(&["--kernel", "/no/such/vmlinux"], "/no/such/vmlinux");
+    assert_fails_with(
+        &["--kernel", not_a_kernel],
+        "neither ELF vmlinux nor bzImage",
+    );
+    assert_fails_with(&["--kernel", not_a_kernel], not_a_kernel);
+    assert_fails_with(&["--kernel", dir_path], dir_path);
+    assert_fails_with(&["--kernel", kernel, "--mem", "12Q"], "unknown unit");
+    assert_fails_with(&["--kernel", kernel, "--mem", "1M"], "minimum");
+    assert_fails_with(&["--kernel", kernel, "--cpus", "0"], "1 to 254");
+    assert_fails_with(&["--kernel", kernel, "--cpus", "255"], "1 to 254");
+    assert_fails_with(
+        &["--kernel", kernel, "--disk", "/no/such/disk.img"],
+        "/no/such/disk.img",
+    );
+    assert_fails_with(
+        &["--kernel", kernel, "--disk", dir_path],
+        "not a regular file",
+    );
+    assert_fails_with(
+        &["--kernel", kernel, "--net", "voltnotap9"],
+        "ip tuntap add dev voltnotap9",
+    );
+    assert_fails_with(
+        &["--kernel", "nosuchname", "--store", dir_path],
+        "nosuchname",
+    );
+}
+
+#[test]
+fn no_permission_on_dev_kvm_is_explained() {
+    // Only root can drop to an unprivileged user for this check.
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 || !Path::new("/usr/bin/setpriv").exists() {
+        eprintln!("SKIP: no_permission_on_dev_kvm_is_explained: needs root and setpriv");
+        return;
+    }
+    let mode = std::fs::metadata("/dev/kvm")
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()));
+    if !matches!(mode, Ok(m) if m & 0o006 == 0) {
+        eprintln!(
+            "SKIP: no_permission_on_dev_kvm_is_explained: /dev/kvm is missing or world-accessible"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = tiny_elf_kernel(dir.path(), &hello_guest(b"x"));
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let output = Command::new("/usr/bin/setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_volt"))
+        .arg("--kernel")
+        .arg(&kernel)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("no permission to open /dev/kvm"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn print_seccomp_lists_every_thread_kind() {
+    let output = volt().arg("--print-seccomp").output().unwrap();
+    assert!(output.status.success());
+    let text = String::from_utf8_lossy(&output.stdout);
+    for kind in ["vcpu", "event-loop", "main", "KVM_RUN"] {
+        assert!(text.contains(kind), "missing {kind} in:\n{text}");
+    }
+}
