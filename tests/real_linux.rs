@@ -7,7 +7,8 @@
 //! `cargo test --test real_linux -- --ignored`.
 //!
 //! Environment: `VOLT_E2E_VMM=qemu` runs the same boots under QEMU microvm (to check the harness
-//! itself); `VOLT_E2E_MODE=direct|nested` overrides the automatic choice.
+//! itself); `VOLT_E2E_BIN=PATH` boots that volt binary instead of this build's;
+//! `VOLT_E2E_MODE=direct|nested` overrides the automatic choice.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -107,7 +108,10 @@ fn e2e() -> &'static E2eRun {
         let mut cmd = Command::new("bash");
         cmd.arg(&script).args(["--vmm", &vmm]);
         if vmm == "volt" {
-            cmd.args(["--volt", env!("CARGO_BIN_EXE_volt")]);
+            // VOLT_E2E_BIN: e.g. a static release build (faster in the TCG-emulated outer guest).
+            let volt =
+                std::env::var("VOLT_E2E_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_volt").into());
+            cmd.args(["--volt", &volt]);
         }
         let out = cmd
             .output()
