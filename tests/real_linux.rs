@@ -1,0 +1,276 @@
+//! End-to-end: real Linux guests under Volt on a real KVM.
+//!
+//! All boots happen in ONE run of `tests/nested/run-e2e.sh` (a nested real-KVM guest on machines
+//! whose /dev/kvm is paravirtual, or directly on a hardware-KVM host); the tests below share that
+//! run and assert on its delimited per-boot output (see `tests/nested/lib.sh`, `boot_case`).
+//! Ignored by default (slow: ~2 min on 2 cores after the one-off guest kernel build); run with
+//! `cargo test --test real_linux -- --ignored`.
+//!
+//! Environment: `VOLT_E2E_VMM=qemu` runs the same boots under QEMU microvm (to check the harness
+//! itself); `VOLT_E2E_BIN=PATH` boots that volt binary instead of this build's;
+//! `VOLT_E2E_MODE=direct|nested` overrides the automatic choice.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// One guest boot as reported by the payload.
+#[derive(Debug, Default)]
+struct BootCase {
+    /// The VMM's stdout: the guest serial console.
+    serial: String,
+    /// The VMM's stderr (logs) followed by the host-side `HOST-...` lines.
+    stderr: String,
+    /// Exit status of the VMM (124 = killed by the payload's timeout).
+    status: Option<i32>,
+}
+
+impl BootCase {
+    fn has_host_line(&self, line: &str) -> bool {
+        self.stderr.lines().any(|l| l.trim() == line)
+    }
+
+    /// The `VOLT-INIT-READY ... cpus=N` marker's N.
+    fn init_cpus(&self) -> Option<u32> {
+        self.serial
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("VOLT-INIT-READY "))
+            .and_then(|rest| {
+                rest.split_whitespace()
+                    .find_map(|w| w.strip_prefix("cpus="))
+            })
+            .and_then(|n| n.parse().ok())
+    }
+
+    fn marker_value(&self, prefix: &str) -> Option<String> {
+        self.serial
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(prefix))
+            .map(|v| v.trim().to_string())
+    }
+}
+
+/// Parses the `VOLT-CASE-BEGIN` / `VOLT-CASE-STDERR` / `VOLT-CASE-END name status=S` blocks.
+fn parse_cases(output: &str) -> HashMap<String, BootCase> {
+    let mut cases = HashMap::new();
+    let mut current: Option<(String, BootCase, bool)> = None;
+    for line in output.lines() {
+        let trimmed = line.trim_end_matches('\r');
+        if let Some(name) = trimmed.strip_prefix("VOLT-CASE-BEGIN ") {
+            current = Some((name.trim().to_string(), BootCase::default(), false));
+        } else if trimmed == "VOLT-CASE-STDERR" {
+            if let Some((_, _, in_stderr)) = current.as_mut() {
+                *in_stderr = true;
+            }
+        } else if let Some(rest) = trimmed.strip_prefix("VOLT-CASE-END ") {
+            if let Some((name, mut case, _)) = current.take() {
+                case.status = rest
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("status="))
+                    .and_then(|s| s.parse().ok());
+                cases.insert(name, case);
+            }
+        } else if let Some((_, case, in_stderr)) = current.as_mut() {
+            let target = if *in_stderr {
+                &mut case.stderr
+            } else {
+                &mut case.serial
+            };
+            target.push_str(trimmed);
+            target.push('\n');
+        }
+    }
+    cases
+}
+
+enum E2eRun {
+    Skipped(String),
+    /// The harness itself failed; stored so that every test reports it without re-running.
+    Failed(String),
+    Ran {
+        vmm: String,
+        output: String,
+        cases: HashMap<String, BootCase>,
+    },
+}
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs every boot once per test binary; later callers get the stored result.
+fn e2e() -> &'static E2eRun {
+    static RUN: OnceLock<E2eRun> = OnceLock::new();
+    RUN.get_or_init(|| {
+        let vmm = std::env::var("VOLT_E2E_VMM").unwrap_or_else(|_| "volt".to_string());
+        let script = repo_root().join("tests/nested/run-e2e.sh");
+        let mut cmd = Command::new("bash");
+        cmd.arg(&script).args(["--vmm", &vmm]);
+        if vmm == "volt" {
+            // VOLT_E2E_BIN: e.g. a static release build (faster in the TCG-emulated outer guest).
+            let volt =
+                std::env::var("VOLT_E2E_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_volt").into());
+            cmd.args(["--volt", &volt]);
+        }
+        let out = cmd
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.code() == Some(77) {
+            let reason = stdout
+                .lines()
+                .find(|l| l.starts_with("SKIP:"))
+                .unwrap_or("SKIP: no real KVM")
+                .to_string();
+            return E2eRun::Skipped(reason);
+        }
+        if !out.status.success() || !stdout.contains("E2E-DONE") {
+            return E2eRun::Failed(format!(
+                "run-e2e.sh failed or did not finish ({}):\n{}\n{}",
+                out.status,
+                stdout,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let cases = parse_cases(&stdout);
+        E2eRun::Ran {
+            vmm,
+            output: stdout,
+            cases,
+        }
+    })
+}
+
+/// The named boot, or None (after printing SKIP:) when no real KVM is available.
+fn boot(name: &str) -> Option<&'static BootCase> {
+    match e2e() {
+        E2eRun::Skipped(reason) => {
+            eprintln!("{reason}");
+            None
+        }
+        E2eRun::Failed(report) => panic!("{report}"),
+        E2eRun::Ran { vmm, output, cases } => {
+            let case = cases
+                .get(name)
+                .unwrap_or_else(|| panic!("{vmm}: no boot named {name} in the output:\n{output}"));
+            Some(case)
+        }
+    }
+}
+
+fn assert_serial_contains(name: &str, case: &BootCase, needle: &str) {
+    assert!(
+        case.serial.contains(needle),
+        "{name}: guest serial lacks {needle:?}\n--- serial ---\n{}\n--- stderr ---\n{}",
+        case.serial,
+        case.stderr
+    );
+}
+
+fn assert_exited_cleanly(name: &str, case: &BootCase) {
+    assert_eq!(
+        case.status,
+        Some(0),
+        "{name}: VMM exit status\n--- serial ---\n{}\n--- stderr ---\n{}",
+        case.serial,
+        case.stderr
+    );
+}
+
+#[test]
+#[ignore = "boots real Linux on a real KVM (nested); run with --ignored"]
+fn debian_stock_kernel_brings_up_smp_and_panics_at_root_mount() {
+    for cpus in [1u32, 2, 4] {
+        let name = format!("stock-cpus{cpus}");
+        let Some(case) = boot(&name) else { return };
+        assert_serial_contains(&name, case, "found SMP MP-table");
+        assert_serial_contains(&name, case, &format!("Processors: {cpus}"));
+        let brought_up = if cpus == 1 {
+            "Brought up 1 node, 1 CPU".to_string()
+        } else {
+            format!("Brought up 1 node, {cpus} CPUs")
+        };
+        assert_serial_contains(&name, case, &brought_up);
+        assert_serial_contains(&name, case, "VFS: Unable to mount root fs");
+        // panic=1 reboots the guest, which ends the VMM with status 0.
+        assert_exited_cleanly(&name, case);
+    }
+}
+
+#[test]
+#[ignore = "boots real Linux on a real KVM (nested); run with --ignored"]
+fn built_kernel_reports_vcpu_count_and_reboot_ends_vmm() {
+    for (name, cpus) in [
+        ("rootfs-cpus1", 1),
+        ("rootfs-cpus2", 2),
+        ("rootfs-cpus4-net", 4),
+    ] {
+        let Some(case) = boot(name) else { return };
+        assert_eq!(
+            case.init_cpus(),
+            Some(cpus),
+            "{name}: cpus in the init marker\n{}",
+            case.serial
+        );
+        assert_serial_contains(name, case, "VOLT-INIT-DONE");
+        assert_exited_cleanly(name, case);
+    }
+}
+
+#[test]
+#[ignore = "boots real Linux on a real KVM (nested); run with --ignored"]
+fn block_device_writes_survive_the_next_boot() {
+    let boots = ["rootfs-cpus1", "rootfs-cpus2", "rootfs-cpus4-net"];
+    let written = ["alpha", "beta", "gamma"];
+    for (i, name) in boots.iter().enumerate() {
+        let Some(case) = boot(name) else { return };
+        assert_eq!(
+            case.marker_value("VOLT-PERSIST-WRITTEN ").as_deref(),
+            Some(written[i]),
+            "{name}: write to the root block device\n{}",
+            case.serial
+        );
+        let read_back = case.marker_value("VOLT-PERSIST ");
+        if i == 0 {
+            assert_serial_contains(name, case, "VOLT-PERSIST-NONE");
+        } else {
+            assert_eq!(
+                read_back.as_deref(),
+                Some(written[i - 1]),
+                "{name}: value written by the previous boot\n{}",
+                case.serial
+            );
+        }
+    }
+}
+
+#[test]
+#[ignore = "boots real Linux on a real KVM (nested); run with --ignored"]
+fn guest_answers_ping_over_tap() {
+    let name = "rootfs-cpus4-net";
+    let Some(case) = boot(name) else { return };
+    assert_serial_contains(name, case, "VOLT-NET-UP 10.0.2.15");
+    assert!(
+        case.has_host_line("HOST-PING-OK 10.0.2.15"),
+        "{name}: host ping of the guest\n--- serial ---\n{}\n--- stderr/host ---\n{}",
+        case.serial,
+        case.stderr
+    );
+}
+
+#[test]
+fn case_parser_splits_serial_stderr_and_status() {
+    let text =
+        "noise\nVOLT-CASE-BEGIN a\nVOLT-CASE-COMMAND x\nVOLT-INIT-READY uptime=0.5 cpus=3\r\n\
+                VOLT-PERSIST old\nVOLT-CASE-STDERR\nlog line\nHOST-PING-OK 10.0.2.15\n\
+                VOLT-CASE-END a status=7 seconds=1\n";
+    let cases = parse_cases(text);
+    let a = &cases["a"];
+    assert_eq!(a.status, Some(7));
+    assert_eq!(a.init_cpus(), Some(3));
+    assert_eq!(a.marker_value("VOLT-PERSIST ").as_deref(), Some("old"));
+    assert!(a.has_host_line("HOST-PING-OK 10.0.2.15"));
+    assert!(!a.serial.contains("log line"));
+    assert!(Path::new(&repo_root().join("tests/nested/run-e2e.sh")).exists());
+}
