@@ -1,68 +1,24 @@
 //! Landlock ruleset, no_new_privs and inherited-descriptor closing, applied for real in a
 //! re-executed copy of this test binary (so the test harness itself stays unrestricted).
 
+mod common;
+
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, ErrorKind, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
+use common::isolated::{assert_child_succeeded, run_isolated};
 use volt::sandbox::{
     close_inherited_fds, lock_down_process, restrict_filesystem, set_no_new_privs, FsAccess,
     LandlockEnforcement, SandboxConfig, SandboxError, SeccompMode,
 };
 
-const CHILD_ENV: &str = "VOLT_SANDBOX_TEST_CHILD";
 const DIR_ENV: &str = "VOLT_SANDBOX_TEST_DIR";
 /// The descriptor number the parent leaks into the child for the close_inherited_fds test.
 const LEAKED_FD: i32 = 57;
-
-/// In the parent: re-runs `test_name` alone in a child process (after `configure` adjusts the
-/// command) and returns its output. In the child: runs `body` and `_exit`s with its verdict.
-fn run_isolated(
-    test_name: &str,
-    configure: impl FnOnce(&mut Command),
-    body: fn() -> Result<(), String>,
-) -> Output {
-    if std::env::var(CHILD_ENV).as_deref() == Ok(test_name) {
-        let code = match body() {
-            Ok(()) => {
-                eprintln!("CHILD OK");
-                0
-            }
-            Err(msg) => {
-                eprintln!("CHILD FAILED: {msg}");
-                1
-            }
-        };
-        // SAFETY: leave at once, the harness has nothing to clean up in this copy.
-        unsafe { libc::_exit(code) }
-    }
-    let exe = std::env::current_exe().expect("test binary path");
-    let mut command = Command::new(exe);
-    command
-        .args([test_name, "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, test_name);
-    configure(&mut command);
-    let output = command.output().expect("spawn the child test process");
-    eprintln!(
-        "--- child {test_name}: {:?}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
-}
-
-fn assert_child_succeeded(output: &Output) {
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(0), "child failed: {stderr}");
-    // Guards against a child that matched no test and exited 0 without running anything.
-    assert!(
-        stderr.contains("CHILD OK"),
-        "child did not run the test body: {stderr}"
-    );
-}
 
 /// The kernel's Landlock ABI version, or None without Landlock.
 fn kernel_landlock_abi() -> Option<i64> {

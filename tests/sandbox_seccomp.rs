@@ -3,65 +3,19 @@
 //! `_exit`s; the parent checks the exit status or the signal, so the test harness itself is never
 //! filtered.
 
+mod common;
+
 use std::ffi::CString;
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::os::unix::process::ExitStatusExt;
-use std::process::{Command, Output};
+use std::process::Output;
 
+use common::isolated::{assert_child_succeeded, run_isolated};
 use volt::sandbox::{apply_seccomp, describe_filters, filter_for, SeccompMode, ThreadKind};
 
-const CHILD_ENV: &str = "VOLT_SANDBOX_TEST_CHILD";
 const KVM_RUN: libc::c_ulong = 0xAE80;
 const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54D0;
-
-/// In the parent: re-runs `test_name` alone in a child process and returns its output.
-/// In the child (env var set): runs `body`, exits 0 on success, 1 with a message on failure.
-fn run_isolated(test_name: &str, body: fn() -> Result<(), String>) -> Output {
-    if std::env::var(CHILD_ENV).as_deref() == Ok(test_name) {
-        // A SIGSYS kill must not write a core file.
-        let no_core = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: plain setrlimit on our own process.
-        unsafe { libc::setrlimit(libc::RLIMIT_CORE, &no_core) };
-        let code = match body() {
-            Ok(()) => {
-                eprintln!("CHILD OK");
-                0
-            }
-            Err(msg) => {
-                eprintln!("CHILD FAILED: {msg}");
-                1
-            }
-        };
-        // SAFETY: leave at once, without running the harness's exit path under the filter.
-        unsafe { libc::_exit(code) }
-    }
-    let exe = std::env::current_exe().expect("test binary path");
-    let output = Command::new(exe)
-        .args([test_name, "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, test_name)
-        .output()
-        .expect("spawn the child test process");
-    eprintln!(
-        "--- child {test_name}: {:?}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
-}
-
-fn assert_child_succeeded(output: &Output) {
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(0), "child failed: {stderr}");
-    // Guards against a child that matched no test and exited 0 without running anything.
-    assert!(
-        stderr.contains("CHILD OK"),
-        "child did not run the test body: {stderr}"
-    );
-}
 
 /// Asserts that the child reached `marker` and was then killed by SIGSYS before printing
 /// `SURVIVED`.
@@ -195,143 +149,163 @@ fn install(kind: ThreadKind, mode: SeccompMode) -> Result<(), String> {
 
 #[test]
 fn vcpu_filter_errno_mode_allows_only_the_vcpu_calls() {
-    let output = run_isolated("vcpu_filter_errno_mode_allows_only_the_vcpu_calls", || {
-        let (rd, wr) = pipe()?;
-        let futex_word = 0u32;
-        install(ThreadKind::Vcpu, SeccompMode::Errno)?;
+    let output = run_isolated(
+        "vcpu_filter_errno_mode_allows_only_the_vcpu_calls",
+        |_| {},
+        || {
+            let (rd, wr) = pipe()?;
+            let futex_word = 0u32;
+            install(ThreadKind::Vcpu, SeccompMode::Errno)?;
 
-        // Allowed: eventfd-style write, futex, memory, KVM_RUN (ENOTTY on a pipe means the
-        // filter let it reach the kernel).
-        ok("write to pipe", write_fd(wr, b"x"))?;
-        ok("futex wake", futex_wake(&futex_word))?;
-        ok("mmap rw", mmap_anon(libc::PROT_READ | libc::PROT_WRITE))?;
-        fails_with("ioctl KVM_RUN on a pipe", ioctl(rd, KVM_RUN), libc::ENOTTY)?;
-        let boxed = vec![7u8; 1 << 20]; // malloc still works
-        if boxed[12345] != 7 {
-            return Err("allocation corrupted".into());
-        }
+            // Allowed: eventfd-style write, futex, memory, KVM_RUN (ENOTTY on a pipe means the
+            // filter let it reach the kernel).
+            ok("write to pipe", write_fd(wr, b"x"))?;
+            ok("futex wake", futex_wake(&futex_word))?;
+            ok("mmap rw", mmap_anon(libc::PROT_READ | libc::PROT_WRITE))?;
+            fails_with("ioctl KVM_RUN on a pipe", ioctl(rd, KVM_RUN), libc::ENOTTY)?;
+            let boxed = vec![7u8; 1 << 20]; // malloc still works
+            if boxed[12345] != 7 {
+                return Err("allocation corrupted".into());
+            }
 
-        // Refused with EPERM.
-        fails_with("ioctl TCGETS", ioctl(rd, libc::TCGETS), libc::ENOTTY)?;
-        fails_with("ioctl TCSETS", ioctl(rd, libc::TCSETS), libc::EPERM)?;
-        fails_with("ioctl TUNSETOFFLOAD", ioctl(rd, TUNSETOFFLOAD), libc::EPERM)?;
-        fails_with("read", read_fd(rd, &mut [0u8; 1]), libc::EPERM)?;
-        fails_with("openat", open_read("/etc/hostname"), libc::EPERM)?;
-        fails_with("socket", socket(), libc::EPERM)?;
-        fails_with("execve", execve_true(), libc::EPERM)?;
-        fails_with(
-            "mmap PROT_EXEC",
-            mmap_anon(libc::PROT_READ | libc::PROT_EXEC),
-            libc::EPERM,
-        )?;
-        if std::thread::Builder::new().spawn(|| ()).is_ok() {
-            return Err("a vCPU thread could spawn a thread".into());
-        }
-        Ok(())
-    });
+            // Refused with EPERM.
+            fails_with("ioctl TCGETS", ioctl(rd, libc::TCGETS), libc::ENOTTY)?;
+            fails_with("ioctl TCSETS", ioctl(rd, libc::TCSETS), libc::EPERM)?;
+            fails_with("ioctl TUNSETOFFLOAD", ioctl(rd, TUNSETOFFLOAD), libc::EPERM)?;
+            fails_with("read", read_fd(rd, &mut [0u8; 1]), libc::EPERM)?;
+            fails_with("openat", open_read("/etc/hostname"), libc::EPERM)?;
+            fails_with("socket", socket(), libc::EPERM)?;
+            fails_with("execve", execve_true(), libc::EPERM)?;
+            fails_with(
+                "mmap PROT_EXEC",
+                mmap_anon(libc::PROT_READ | libc::PROT_EXEC),
+                libc::EPERM,
+            )?;
+            if std::thread::Builder::new().spawn(|| ()).is_ok() {
+                return Err("a vCPU thread could spawn a thread".into());
+            }
+            Ok(())
+        },
+    );
     assert_child_succeeded(&output);
 }
 
 #[test]
 fn vcpu_filter_kill_mode_kills_on_socket() {
-    let output = run_isolated("vcpu_filter_kill_mode_kills_on_socket", || {
-        let (_rd, wr) = pipe()?;
-        install(ThreadKind::Vcpu, SeccompMode::Kill)?;
-        ok("write to pipe", write_fd(wr, b"x"))?;
-        eprintln!("ALLOWED CALLS OK, now socket()");
-        socket();
-        eprintln!("SURVIVED");
-        Ok(())
-    });
+    let output = run_isolated(
+        "vcpu_filter_kill_mode_kills_on_socket",
+        |_| {},
+        || {
+            let (_rd, wr) = pipe()?;
+            install(ThreadKind::Vcpu, SeccompMode::Kill)?;
+            ok("write to pipe", write_fd(wr, b"x"))?;
+            eprintln!("ALLOWED CALLS OK, now socket()");
+            socket();
+            eprintln!("SURVIVED");
+            Ok(())
+        },
+    );
     assert_killed_by_sigsys_after(&output, "ALLOWED CALLS OK");
 }
 
 #[test]
 fn vcpu_filter_kill_mode_kills_on_a_foreign_ioctl() {
-    let output = run_isolated("vcpu_filter_kill_mode_kills_on_a_foreign_ioctl", || {
-        let (rd, _wr) = pipe()?;
-        install(ThreadKind::Vcpu, SeccompMode::Kill)?;
-        fails_with("ioctl KVM_RUN on a pipe", ioctl(rd, KVM_RUN), libc::ENOTTY)?;
-        eprintln!("KVM_RUN PASSED THE FILTER, now TCSETS");
-        ioctl(rd, libc::TCSETS);
-        eprintln!("SURVIVED");
-        Ok(())
-    });
+    let output = run_isolated(
+        "vcpu_filter_kill_mode_kills_on_a_foreign_ioctl",
+        |_| {},
+        || {
+            let (rd, _wr) = pipe()?;
+            install(ThreadKind::Vcpu, SeccompMode::Kill)?;
+            fails_with("ioctl KVM_RUN on a pipe", ioctl(rd, KVM_RUN), libc::ENOTTY)?;
+            eprintln!("KVM_RUN PASSED THE FILTER, now TCSETS");
+            ioctl(rd, libc::TCSETS);
+            eprintln!("SURVIVED");
+            Ok(())
+        },
+    );
     assert_killed_by_sigsys_after(&output, "KVM_RUN PASSED THE FILTER");
 }
 
 #[test]
 fn event_loop_filter_errno_mode_allows_device_io_only() {
-    let output = run_isolated("event_loop_filter_errno_mode_allows_device_io_only", || {
-        let disk = tempfile::tempfile().map_err(|e| e.to_string())?;
-        disk.write_all_at(b"sector zero", 0)
-            .map_err(|e| e.to_string())?;
-        let (rd, wr) = pipe()?;
-        // SAFETY: plain epoll instance creation.
-        let epoll = ok("epoll_create1", unsafe { libc::epoll_create1(0) }
-            as libc::c_long)? as i32;
-        let tid = gettid();
-        // SAFETY: no arguments.
-        let pid = unsafe { libc::getpid() } as libc::c_long;
-        install(ThreadKind::EventLoop, SeccompMode::Errno)?;
+    let output = run_isolated(
+        "event_loop_filter_errno_mode_allows_device_io_only",
+        |_| {},
+        || {
+            let disk = tempfile::tempfile().map_err(|e| e.to_string())?;
+            disk.write_all_at(b"sector zero", 0)
+                .map_err(|e| e.to_string())?;
+            let (rd, wr) = pipe()?;
+            // SAFETY: plain epoll instance creation.
+            let epoll = ok("epoll_create1", unsafe { libc::epoll_create1(0) }
+                as libc::c_long)? as i32;
+            let tid = gettid();
+            // SAFETY: no arguments.
+            let pid = unsafe { libc::getpid() } as libc::c_long;
+            install(ThreadKind::EventLoop, SeccompMode::Errno)?;
 
-        // Disk image I/O.
-        let mut buf = [0u8; 11];
-        disk.read_exact_at(&mut buf, 0)
-            .map_err(|e| format!("pread: {e}"))?;
-        if &buf != b"sector zero" {
-            return Err(format!("pread returned {buf:?}"));
-        }
-        disk.write_all_at(b"one", 512)
-            .map_err(|e| format!("pwrite: {e}"))?;
-        disk.sync_data().map_err(|e| format!("fdatasync: {e}"))?;
-        let len = disk.metadata().map_err(|e| format!("fstat: {e}"))?.len();
-        if len != 515 {
-            return Err(format!("disk length {len}"));
-        }
-        // Pipes / eventfds, epoll.
-        ok("write", write_fd(wr, b"y"))?;
-        ok("read", read_fd(rd, &mut [0u8; 1]))?;
-        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 4];
-        // SAFETY: events has room for 4 entries.
-        ok(
-            "epoll_wait",
-            unsafe { libc::epoll_wait(epoll, events.as_mut_ptr(), 4, 0) } as libc::c_long,
-        )?;
-        // Allowed ioctl numbers reach the kernel (ENOTTY on a pipe), others do not.
-        fails_with("ioctl TCGETS", ioctl(rd, libc::TCGETS), libc::ENOTTY)?;
-        fails_with(
-            "ioctl TUNSETOFFLOAD",
-            ioctl(rd, TUNSETOFFLOAD),
-            libc::ENOTTY,
-        )?;
-        fails_with("ioctl KVM_RUN", ioctl(rd, KVM_RUN), libc::EPERM)?;
-        // Signals only to our own threads.
-        ok("tgkill own thread", tgkill(pid, tid))?;
-        fails_with("tgkill pid 1", tgkill(1, 1), libc::EPERM)?;
-        // No new files, sockets or programs.
-        fails_with("openat", open_read("/etc/hostname"), libc::EPERM)?;
-        fails_with("socket", socket(), libc::EPERM)?;
-        fails_with("execve", execve_true(), libc::EPERM)?;
-        Ok(())
-    });
+            // Disk image I/O.
+            let mut buf = [0u8; 11];
+            disk.read_exact_at(&mut buf, 0)
+                .map_err(|e| format!("pread: {e}"))?;
+            if &buf != b"sector zero" {
+                return Err(format!("pread returned {buf:?}"));
+            }
+            disk.write_all_at(b"one", 512)
+                .map_err(|e| format!("pwrite: {e}"))?;
+            disk.sync_data().map_err(|e| format!("fdatasync: {e}"))?;
+            let len = disk.metadata().map_err(|e| format!("fstat: {e}"))?.len();
+            if len != 515 {
+                return Err(format!("disk length {len}"));
+            }
+            // Pipes / eventfds, epoll.
+            ok("write", write_fd(wr, b"y"))?;
+            ok("read", read_fd(rd, &mut [0u8; 1]))?;
+            let mut events = [libc::epoll_event { events: 0, u64: 0 }; 4];
+            // SAFETY: events has room for 4 entries.
+            ok(
+                "epoll_wait",
+                unsafe { libc::epoll_wait(epoll, events.as_mut_ptr(), 4, 0) } as libc::c_long,
+            )?;
+            // Allowed ioctl numbers reach the kernel (ENOTTY on a pipe), others do not.
+            fails_with("ioctl TCGETS", ioctl(rd, libc::TCGETS), libc::ENOTTY)?;
+            fails_with(
+                "ioctl TUNSETOFFLOAD",
+                ioctl(rd, TUNSETOFFLOAD),
+                libc::ENOTTY,
+            )?;
+            fails_with("ioctl KVM_RUN", ioctl(rd, KVM_RUN), libc::EPERM)?;
+            // Signals only to our own threads.
+            ok("tgkill own thread", tgkill(pid, tid))?;
+            fails_with("tgkill pid 1", tgkill(1, 1), libc::EPERM)?;
+            // No new files, sockets or programs.
+            fails_with("openat", open_read("/etc/hostname"), libc::EPERM)?;
+            fails_with("socket", socket(), libc::EPERM)?;
+            fails_with("execve", execve_true(), libc::EPERM)?;
+            Ok(())
+        },
+    );
     assert_child_succeeded(&output);
 }
 
 #[test]
 fn event_loop_filter_kill_mode_kills_on_socket() {
-    let output = run_isolated("event_loop_filter_kill_mode_kills_on_socket", || {
-        let disk = tempfile::tempfile().map_err(|e| e.to_string())?;
-        disk.write_all_at(b"abc", 0).map_err(|e| e.to_string())?;
-        install(ThreadKind::EventLoop, SeccompMode::Kill)?;
-        let mut buf = [0u8; 3];
-        disk.read_exact_at(&mut buf, 0)
-            .map_err(|e| format!("pread: {e}"))?;
-        eprintln!("PREAD OK, now socket()");
-        socket();
-        eprintln!("SURVIVED");
-        Ok(())
-    });
+    let output = run_isolated(
+        "event_loop_filter_kill_mode_kills_on_socket",
+        |_| {},
+        || {
+            let disk = tempfile::tempfile().map_err(|e| e.to_string())?;
+            disk.write_all_at(b"abc", 0).map_err(|e| e.to_string())?;
+            install(ThreadKind::EventLoop, SeccompMode::Kill)?;
+            let mut buf = [0u8; 3];
+            disk.read_exact_at(&mut buf, 0)
+                .map_err(|e| format!("pread: {e}"))?;
+            eprintln!("PREAD OK, now socket()");
+            socket();
+            eprintln!("SURVIVED");
+            Ok(())
+        },
+    );
     assert_killed_by_sigsys_after(&output, "PREAD OK");
 }
 
@@ -339,6 +313,7 @@ fn event_loop_filter_kill_mode_kills_on_socket() {
 fn main_filter_errno_mode_allows_terminal_restore_only() {
     let output = run_isolated(
         "main_filter_errno_mode_allows_terminal_restore_only",
+        |_| {},
         || {
             let (rd, wr) = pipe()?;
             let disk = tempfile::tempfile().map_err(|e| e.to_string())?;
@@ -364,25 +339,33 @@ fn main_filter_errno_mode_allows_terminal_restore_only() {
 
 #[test]
 fn main_filter_kill_mode_kills_on_execve() {
-    let output = run_isolated("main_filter_kill_mode_kills_on_execve", || {
-        install(ThreadKind::Main, SeccompMode::Kill)?;
-        eprintln!("FILTER INSTALLED, now execve()");
-        execve_true();
-        eprintln!("SURVIVED");
-        Ok(())
-    });
+    let output = run_isolated(
+        "main_filter_kill_mode_kills_on_execve",
+        |_| {},
+        || {
+            install(ThreadKind::Main, SeccompMode::Kill)?;
+            eprintln!("FILTER INSTALLED, now execve()");
+            execve_true();
+            eprintln!("SURVIVED");
+            Ok(())
+        },
+    );
     assert_killed_by_sigsys_after(&output, "FILTER INSTALLED");
 }
 
 #[test]
 fn log_mode_lets_unlisted_calls_through() {
-    let output = run_isolated("log_mode_lets_unlisted_calls_through", || {
-        install(ThreadKind::Vcpu, SeccompMode::Log)?;
-        let fd = ok("socket under the log action", socket())?;
-        // SAFETY: closing the socket we just created.
-        unsafe { libc::close(fd as i32) };
-        Ok(())
-    });
+    let output = run_isolated(
+        "log_mode_lets_unlisted_calls_through",
+        |_| {},
+        || {
+            install(ThreadKind::Vcpu, SeccompMode::Log)?;
+            let fd = ok("socket under the log action", socket())?;
+            // SAFETY: closing the socket we just created.
+            unsafe { libc::close(fd as i32) };
+            Ok(())
+        },
+    );
     assert_child_succeeded(&output);
 }
 
@@ -390,17 +373,21 @@ fn log_mode_lets_unlisted_calls_through() {
 fn filter_is_per_thread() {
     // Filtering one thread must leave the others (e.g. the main thread while it still sets
     // things up) unrestricted: no TSYNC.
-    let output = run_isolated("filter_is_per_thread", || {
-        let filtered = std::thread::spawn(|| {
-            install(ThreadKind::Vcpu, SeccompMode::Errno)?;
-            fails_with("socket on the filtered thread", socket(), libc::EPERM)
-        });
-        filtered.join().map_err(|_| "filtered thread panicked")??;
-        let fd = ok("socket on an unfiltered thread", socket())?;
-        // SAFETY: closing the socket we just created.
-        unsafe { libc::close(fd as i32) };
-        Ok(())
-    });
+    let output = run_isolated(
+        "filter_is_per_thread",
+        |_| {},
+        || {
+            let filtered = std::thread::spawn(|| {
+                install(ThreadKind::Vcpu, SeccompMode::Errno)?;
+                fails_with("socket on the filtered thread", socket(), libc::EPERM)
+            });
+            filtered.join().map_err(|_| "filtered thread panicked")??;
+            let fd = ok("socket on an unfiltered thread", socket())?;
+            // SAFETY: closing the socket we just created.
+            unsafe { libc::close(fd as i32) };
+            Ok(())
+        },
+    );
     assert_child_succeeded(&output);
 }
 
