@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Once};
 use std::thread::{self, JoinHandle};
 
-use crossbeam_channel::{bounded, Sender};
+use crossbeam_channel::{bounded, RecvTimeoutError, Sender};
 use kvm_bindings::{KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use mio::Waker;
@@ -19,6 +19,9 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::clock;
 use crate::sandbox::{apply_seccomp, SeccompMode, ThreadKind};
+
+/// How long a vCPU waits for the loop's answer before it checks whether it must stop.
+const REPLY_WAIT_SLICE: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Port-I/O or MMIO.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,6 +183,18 @@ pub fn spawn_vcpu(
 fn run_vcpu(index: usize, mut vcpu: VcpuFd, link: &LoopLink, stop: &AtomicBool) -> VcpuStop {
     // One reply channel per thread, reused for every read.
     let (reply_tx, reply_rx) = bounded::<IoData>(1);
+    // The loop may end (guest reset) with our request still queued: it is never answered, and
+    // as this thread holds a sender itself the channel never disconnects. So wait in slices and
+    // give up once the VMM asks the thread to stop.
+    let wait_for_loop = || -> Option<IoData> {
+        loop {
+            match reply_rx.recv_timeout(REPLY_WAIT_SLICE) {
+                Ok(answer) => return Some(answer),
+                Err(RecvTimeoutError::Timeout) if !stop.load(Ordering::Acquire) => continue,
+                Err(_) => return None,
+            }
+        }
+    };
     let write_and_wait = |space, addr, data: &[u8]| -> bool {
         let data = IoData::from_slice(data);
         let request = VcpuMessage::Write {
@@ -189,7 +204,7 @@ fn run_vcpu(index: usize, mut vcpu: VcpuFd, link: &LoopLink, stop: &AtomicBool) 
             data,
             done: Some(reply_tx.clone()),
         };
-        link.send(request) && reply_rx.recv().is_ok()
+        link.send(request) && wait_for_loop().is_some()
     };
     let read = |space, addr, data: &mut [u8]| -> bool {
         let len = data.len().min(8);
@@ -203,12 +218,12 @@ fn run_vcpu(index: usize, mut vcpu: VcpuFd, link: &LoopLink, stop: &AtomicBool) 
         if !link.send(request) {
             return false;
         }
-        match reply_rx.recv() {
-            Ok(answer) => {
+        match wait_for_loop() {
+            Some(answer) => {
                 data[..len].copy_from_slice(&answer.as_slice()[..len]);
                 true
             }
-            Err(_) => false,
+            None => false,
         }
     };
     if index == 0 {

@@ -151,3 +151,25 @@ fn an_mmio_access_to_an_unmapped_address_reaches_the_event_loop() {
     );
     assert_eq!(run.stats.mmio_exits, 2);
 }
+
+#[test]
+fn a_vcpu_waiting_for_a_read_when_the_guest_resets_does_not_hang_the_teardown() {
+    if !kvm_available("a_vcpu_waiting_for_a_read_when_the_guest_resets") {
+        return;
+    }
+    // Linux's reboot does this: the reset command, then status reads of the controller. The
+    // loop ends on the reset with reads still queued that it will never answer; tearing down
+    // must not wait for those answers (it used to hang now and then).
+    let code = assemble(|a| {
+        a.mov(al, 0xfeu32)?;
+        a.out(0x64u32, al)?;
+        let mut again = a.create_label();
+        a.set_label(&mut again)?;
+        a.in_(al, 0x64u32)?;
+        a.jmp(again)
+    });
+    for _ in 0..20 {
+        let run = run_raw_guest(code.clone(), 1, SeccompMode::Kill);
+        assert_eq!(run.exit, VmExit::Reset);
+    }
+}
