@@ -467,22 +467,6 @@ fn map_guest_memory(vm_fd: &VmFd, mem: &GuestMemoryMmap) -> Result<(), VmError> 
             userspace_addr: host as u64,
             flags: 0,
         };
-        // Transparent huge pages, as QEMU asks for: far fewer faults (and nested-paging exits)
-        // while the guest touches its memory for the first time, and fewer TLB misses after.
-        // SAFETY: advice on a mapping `mem` owns; it cannot change the memory's contents.
-        if unsafe {
-            libc::madvise(
-                host.cast(),
-                region.memory_size as usize,
-                libc::MADV_HUGEPAGE,
-            )
-        } != 0
-        {
-            log::debug!(
-                "no transparent huge pages for guest memory: {}",
-                io::Error::last_os_error()
-            );
-        }
         // SAFETY: the mapping belongs to `mem`, which outlives the VM's use of it: the event
         // loop holds a clone and the vCPU threads are joined before either is dropped.
         unsafe { vm_fd.set_user_memory_region(region) }
