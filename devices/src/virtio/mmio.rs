@@ -13,7 +13,9 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::{QueueContext, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
+use super::{
+    ActivateError, QueueContext, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
+};
 use crate::BusDevice;
 
 /// "virt" in little endian.
@@ -234,11 +236,20 @@ impl MmioTransport {
         for queue in &mut self.queues {
             queue.set_event_idx(event_idx);
         }
+        // Every device needs all of its queues: check them here, once, for all devices.
+        let not_ready = self
+            .queues
+            .iter()
+            .position(|queue| !queue.is_valid(&self.mem));
         let mut ctx = QueueContext {
             mem: &self.mem,
             queues: &mut self.queues,
         };
-        match self.device.activate(self.acked_features, &mut ctx) {
+        let result = match not_ready {
+            Some(index) => Err(ActivateError::QueueNotReady(index)),
+            None => self.device.activate(self.acked_features, &mut ctx),
+        };
+        match result {
             Ok(()) => {
                 self.activated = true;
                 // Host-side events (frames already waiting on the tap) were ignored before

@@ -239,13 +239,8 @@ impl VirtioDevice for Net {
     fn activate(
         &mut self,
         acked_features: u64,
-        ctx: &mut QueueContext,
+        _ctx: &mut QueueContext,
     ) -> Result<(), ActivateError> {
-        for (index, queue) in ctx.queues.iter().enumerate() {
-            if !queue.is_valid(ctx.mem) {
-                return Err(ActivateError::QueueNotReady(index));
-            }
-        }
         // The guest must be able to take whatever offloaded frames the tap hands over.
         let flags = Self::offload_flags(acked_features);
         if let Err(e) = self.tap.set_offload(flags) {
