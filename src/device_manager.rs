@@ -9,6 +9,7 @@ use devices::virtio::MmioTransport;
 use devices::BusDevice;
 use mio::Interest;
 
+use crate::boot::layout::{VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE};
 use crate::vcpu::AddressSpace;
 
 /// COM1.
@@ -17,9 +18,6 @@ pub const SERIAL_PORT_COUNT: u16 = 8;
 /// COM1's ISA IRQ.
 pub const SERIAL_IRQ: u32 = 4;
 
-/// virtio-mmio windows start in the 32-bit MMIO gap, one page per device.
-pub const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;
-pub const VIRTIO_MMIO_SIZE: u64 = 0x1000;
 /// Offset of the QueueNotify register, where the queue ioeventfds sit.
 pub const VIRTIO_MMIO_QUEUE_NOTIFY: u64 = 0x50;
 /// ISA IRQs free for virtio devices: not the serial (4), keyboard (1), RTC (8), PS/2 mouse

@@ -34,7 +34,7 @@ use crate::sandbox::{apply_seccomp, SeccompMode, ThreadKind};
 use crate::vcpu::{spawn_vcpu, LoopLink, VcpuHandle};
 
 /// The most vCPUs the MP table can describe (I/O APIC id = vCPU count must stay below 255).
-pub const MAX_VCPUS: u8 = 254;
+pub const MAX_VCPUS: u8 = boot::MAX_CPUS;
 
 /// What the guest runs.
 pub enum BootSource {
