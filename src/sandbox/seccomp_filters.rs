@@ -253,6 +253,19 @@ const FCNTL_GETFD: AllowedSyscall = allow_if(
     "debug builds of std check an OwnedFd is open before closing it",
 );
 
+/// `pthread_kill` looks up its own pid, then signals one of our threads with tgkill.
+const GETPID: AllowedSyscall = allow(
+    "getpid",
+    libc::SYS_getpid,
+    "pthread_kill looks up its own pid",
+);
+const TGKILL_OWN_PROCESS: AllowedSyscall = allow_if(
+    "tgkill",
+    libc::SYS_tgkill,
+    ArgRule::OwnPid { arg: 0 },
+    "kick vCPU threads out of KVM_RUN, own process only",
+);
+
 /// A vCPU thread only runs the guest; its fds, registers and memory are set up before.
 const VCPU: &[AllowedSyscall] = &[
     FCNTL_GETFD,
@@ -298,17 +311,8 @@ const EVENT_LOOP: &[AllowedSyscall] = &[
         },
         "Rust File::metadata on an open fd",
     ),
-    allow(
-        "getpid",
-        libc::SYS_getpid,
-        "pthread_kill looks up its own pid",
-    ),
-    allow_if(
-        "tgkill",
-        libc::SYS_tgkill,
-        ArgRule::OwnPid { arg: 0 },
-        "kick a vCPU thread out of KVM_RUN, own process only",
-    ),
+    GETPID,
+    TGKILL_OWN_PROCESS,
     allow_if(
         "ioctl",
         libc::SYS_ioctl,
@@ -348,17 +352,8 @@ const MAIN: &[AllowedSyscall] = &[
         },
         "std's OwnedFd check (debug builds); give stdin back its blocking mode",
     ),
-    allow(
-        "getpid",
-        libc::SYS_getpid,
-        "pthread_kill looks up its own pid",
-    ),
-    allow_if(
-        "tgkill",
-        libc::SYS_tgkill,
-        ArgRule::OwnPid { arg: 0 },
-        "kick vCPU threads out of KVM_RUN at the end, own process only",
-    ),
+    GETPID,
+    TGKILL_OWN_PROCESS,
     allow(
         "clock_nanosleep",
         libc::SYS_clock_nanosleep,
