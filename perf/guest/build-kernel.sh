@@ -64,8 +64,15 @@ SHMEM=y
 TMPFS=y
 MULTIUSER=y
 POSIX_TIMERS=y
+VIRTIO_CONSOLE=y
+HW_RANDOM=y
+HW_RANDOM_VIRTIO=y
+VIRTIO_BALLOON=y
+PAGE_REPORTING=y
+VSOCKETS=y
+VIRTIO_VSOCKETS=y
 PCI=n
-ACPI=n
+ACPI=y
 MODULES=n
 "
 src_tar=$(dpkg -L "$src_pkg" | grep -E '/usr/src/linux-source-.*\.tar\.xz$' | head -1)
