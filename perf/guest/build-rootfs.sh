@@ -7,7 +7,10 @@
 #   - prints `VOLT-PERSIST <content>` if /persist exists, then writes the value of the kernel
 #     cmdline parameter volt.persist=VALUE to /persist, syncs and prints `VOLT-PERSIST-WRITTEN VALUE`
 #   - if eth0 exists and volt.ip=ADDR/PREFIX is given: configures it and prints `VOLT-NET-UP <ADDR>`
+#   - runs /etc/volt/NAME.sh for each volt.run=NAME on the command line (perf/guest/scripts/*.sh;
+#     e.g. a device test or an in-guest benchmark)
 #   - sleeps volt.wait=N seconds (so the host can reach it), then `reboot -f` (Volt's poweroff).
+# Every perf/guest/tools/*.c is compiled statically into /bin/NAME (guest tools busybox lacks).
 # The image is read-write and mutated by guests: callers must use a copy.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -35,9 +38,10 @@ mount -t devtmpfs dev /dev 2>/dev/null # already there with DEVTMPFS_MOUNT
 read -r up _ < /proc/uptime
 echo "VOLT-INIT-READY uptime=$up cpus=$(nproc)"
 
-persist= ip= wait=0
+persist= ip= wait=0 run=
 for word in $(cat /proc/cmdline); do
   case $word in
+    volt.run=*) run="$run ${word#volt.run=}" ;;
     volt.persist=*) persist=${word#volt.persist=} ;;
     volt.ip=*) ip=${word#volt.ip=} ;;
     volt.wait=*) wait=${word#volt.wait=} ;;
@@ -58,6 +62,10 @@ if [ -d /sys/class/net/eth0 ] && [ -n "$ip" ]; then
   ip addr add "$ip" dev eth0 && ip link set eth0 up && echo "VOLT-NET-UP ${ip%/*}"
 fi
 
+for script in $run; do
+  if [ -f "/etc/volt/$script.sh" ]; then sh "/etc/volt/$script.sh"; else echo "VOLT-RUN-MISSING $script"; fi
+done
+
 [ "$wait" -gt 0 ] 2>/dev/null && sleep "$wait"
 echo "VOLT-INIT-DONE"
 reboot -f
@@ -65,7 +73,8 @@ INIT
 )
 
 bb_version=$(dpkg-query -W -f='${Version}' busybox-static 2>/dev/null || sha256sum "$busybox" | cut -c1-16)
-key=$(printf '%s\n%s\n%s\n%s\n' "$bb_version" "$size_mb" "$init_script" "$(sed -n '/^mkdir -p "$cache"$/,$p' "$0")" | sha256sum | cut -c1-12)
+extras=$(cat "$here"/tools/*.c "$here"/scripts/*.sh 2>/dev/null | sha256sum | cut -c1-16)
+key=$(printf '%s\n%s\n%s\n%s\n%s\n' "$bb_version" "$size_mb" "$init_script" "$extras" "$(sed -n '/^mkdir -p "$cache"$/,$p' "$0")" | sha256sum | cut -c1-12)
 out="$cache/rootfs-$key.ext4"
 if [ -s "$out" ]; then
   log "cached: $out"
@@ -84,6 +93,15 @@ for applet in $("$busybox" --list); do
   [ "$applet" = busybox ] || ln -s busybox "$tree/bin/$applet"
 done
 printf '%s\n' "$init_script" > "$tree/init"
+mkdir -p "$tree/etc/volt"
+for script in "$here"/scripts/*.sh; do
+  [ -e "$script" ] && cp "$script" "$tree/etc/volt/"
+done
+for tool in "$here"/tools/*.c; do
+  [ -e "$tool" ] || continue
+  name=$(basename "$tool" .c)
+  gcc -O2 -static -Wall -o "$tree/bin/$name" "$tool" >&2 || { log "cannot build guest tool $name"; exit 1; }
+done
 chmod 755 "$tree/init"
 # A disk root (unlike an initramfs) starts /sbin/init: point it at our script.
 ln -sf /init "$tree/bin/init"
