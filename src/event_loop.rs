@@ -14,8 +14,12 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::api::ApiServer;
 use crate::device_manager::{DeviceEvent, Devices};
 use crate::vcpu::{AddressSpace, IoData, VcpuMessage, VcpuStop};
+
+// The API socket and the VM control behind it (pause, snapshot, metrics).
+mod control;
 
 const VCPU_TOKEN: Token = Token(0);
 const STDIN_TOKEN: Token = Token(1);
@@ -72,6 +76,9 @@ pub struct EventLoop {
     stdin: Option<RawFd>,
     vcpus_running: usize,
     stats: LoopStats,
+    /// The API socket, when Volt runs with `--api-sock` (see [`control`]).
+    api: Option<ApiServer>,
+    control: Option<control::Control>,
 }
 
 impl EventLoop {
@@ -117,6 +124,8 @@ impl EventLoop {
             stdin,
             vcpus_running: vcpu_count,
             stats: LoopStats::default(),
+            api: None,
+            control: None,
         })
     }
 
@@ -141,6 +150,7 @@ impl EventLoop {
                         let _ = self.reset_evt.read();
                         Some(VmExit::Reset)
                     }
+                    token if ApiServer::owns(token) => self.handle_api_event(event),
                     Token(token) => {
                         let event = self.devices.handle_event_source(token - FIRST_DEVICE_TOKEN);
                         if let Some(DeviceEvent::QueueKick { .. }) = event {

@@ -3,12 +3,14 @@
 //! Threads: one worker per vCPU runs `KVM_RUN` and forwards its I/O exits over a channel to the
 //! single-threaded event loop ([`event_loop`]), which owns every device.
 
+pub mod api;
 pub mod boot;
 pub mod cli;
 pub mod clock;
 pub mod device_manager;
 pub mod event_loop;
 pub mod kernel_store;
+pub mod launch;
 pub mod sandbox;
 pub mod terminal;
 pub mod vcpu;

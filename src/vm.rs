@@ -24,14 +24,19 @@ use devices::i8042::I8042;
 use devices::serial::SerialConsole;
 use devices::virtio::{Block, MmioTransport, Net, VirtioDevice};
 
+use crate::api::ApiServer;
 use crate::boot::{self, BootError};
 use crate::device_manager::{
     virtio_cmdline_entry, virtio_slot, Devices, VirtioSlot, SERIAL_IRQ, VIRTIO_IRQS,
     VIRTIO_MMIO_QUEUE_NOTIFY,
 };
 use crate::event_loop::{EventLoop, LoopStats, VmExit};
+use crate::launch::VmInfo;
 use crate::sandbox::{apply_seccomp, SeccompMode, ThreadKind};
 use crate::vcpu::{spawn_vcpu, LoopLink, VcpuHandle};
+
+/// The i8042's keyboard interrupt (Ctrl-Alt-Del from the API).
+const KEYBOARD_IRQ: u32 = 1;
 
 /// The most vCPUs the MP table can describe (I/O APIC id = vCPU count must stay below 255).
 pub const MAX_VCPUS: u8 = boot::MAX_CPUS;
@@ -155,9 +160,16 @@ pub struct Vm {
     reset_evt: EventFd,
     console_in: Option<RawFd>,
     seccomp: SeccompMode,
+    /// The API socket the event loop serves, if any.
+    api: Option<(ApiServer, VmInfo)>,
 }
 
 impl Vm {
+    /// Has the event loop serve `api` once the VM starts.
+    pub fn attach_api(&mut self, api: ApiServer, info: VmInfo) {
+        self.api = Some((api, info));
+    }
+
     pub fn build(config: VmConfig) -> Result<Vm, VmError> {
         if config.vcpus == 0 || config.vcpus > MAX_VCPUS {
             return Err(VmError::BadVcpuCount(config.vcpus));
@@ -225,7 +237,12 @@ impl Vm {
             .register_irqfd(&serial_irq, SERIAL_IRQ)
             .map_err(kvm_err("KVM_IRQFD (serial)"))?;
         let reset_evt = EventFd::new(EFD_NONBLOCK).map_err(io_err("eventfd"))?;
-        let i8042 = I8042::new(reset_evt.try_clone().map_err(io_err("eventfd"))?);
+        let mut i8042 = I8042::new(reset_evt.try_clone().map_err(io_err("eventfd"))?);
+        let keyboard_irq = EventFd::new(EFD_NONBLOCK).map_err(io_err("eventfd"))?;
+        vm_fd
+            .register_irqfd(&keyboard_irq, KEYBOARD_IRQ)
+            .map_err(kvm_err("KVM_IRQFD (keyboard)"))?;
+        i8042.set_keyboard_irq(keyboard_irq);
         let devices = Devices::new(
             SerialConsole::new(serial_irq, config.console_out),
             i8042,
@@ -242,6 +259,7 @@ impl Vm {
             reset_evt,
             console_in: config.console_in,
             seccomp: config.seccomp,
+            api: None,
         })
     }
 
@@ -266,12 +284,13 @@ impl Vm {
             reset_evt,
             console_in,
             seccomp,
+            api,
         } = self;
         // Bounded, so a guest that floods the loop with writes is slowed down, not buffered.
         let (sender, receiver) = bounded(1024);
         let waker = Arc::new(Waker::new(poll.registry(), Token(0)).map_err(io_err("waker"))?);
         let vcpu_count = vcpus.len();
-        let event_loop = EventLoop::new(
+        let mut event_loop = EventLoop::new(
             poll,
             waker.clone(),
             receiver,
@@ -281,6 +300,11 @@ impl Vm {
             vcpu_count,
         )
         .map_err(VmError::EventLoop)?;
+        if let Some((api, info)) = api {
+            event_loop
+                .attach_api(api, info)
+                .map_err(VmError::EventLoop)?;
+        }
         let loop_thread = thread::Builder::new()
             .name("volt-loop".into())
             .spawn(move || {

@@ -53,12 +53,21 @@ const INTERFACE_TEST_PASSED: u8 = 0x00;
 /// A keyboard acknowledges every command byte.
 const KBD_ACK: u8 = 0xfa;
 
+/// Ctrl, Alt, Del pressed and released, in scan code set 1 (the controller translates).
+const CTRL_ALT_DEL: [u8; 8] = [0x1d, 0x38, 0xe0, 0x53, 0xe0, 0xd3, 0xb8, 0x9d];
+/// Control register bit: raise IRQ 1 when keyboard data is waiting.
+const CTR_KBD_INT: u8 = 0x01;
+
 pub struct I8042 {
     reset_evt: EventFd,
     control: u8,
     /// A command that takes its argument from the next data-port write.
     pending: Option<u8>,
     output: VecDeque<u8>,
+    /// IRQ 1, for key presses the VMM injects.
+    keyboard_irq: Option<EventFd>,
+    /// How many of the bytes at the end of `output` are key presses (each gets an IRQ).
+    key_bytes: usize,
 }
 
 impl I8042 {
@@ -69,6 +78,33 @@ impl I8042 {
             control: CTR_DEFAULT,
             pending: None,
             output: VecDeque::new(),
+            keyboard_irq: None,
+            key_bytes: 0,
+        }
+    }
+
+    /// Key presses injected with [`I8042::send_ctrl_alt_del`] raise this interrupt (IRQ 1).
+    pub fn set_keyboard_irq(&mut self, irq: EventFd) {
+        self.keyboard_irq = Some(irq);
+    }
+
+    /// Presses and releases Ctrl-Alt-Del on the keyboard, as Firecracker's `SendCtrlAltDel`:
+    /// Linux then signals init, which reboots (or powers off) the guest.
+    pub fn send_ctrl_alt_del(&mut self) {
+        // Bounded: a caller repeating this cannot grow the queue without limit.
+        if self.output.len() + CTRL_ALT_DEL.len() > 4 * CTRL_ALT_DEL.len() {
+            return;
+        }
+        self.output.extend(CTRL_ALT_DEL);
+        self.key_bytes += CTRL_ALT_DEL.len();
+        self.keyboard_interrupt();
+    }
+
+    fn keyboard_interrupt(&self) {
+        if let (Some(irq), true) = (&self.keyboard_irq, self.control & CTR_KBD_INT != 0) {
+            if let Err(e) = irq.write(1) {
+                log::warn!("i8042: cannot raise the keyboard interrupt: {e}");
+            }
         }
     }
 
@@ -120,7 +156,17 @@ impl BusDevice for I8042 {
             return;
         };
         *first = match offset {
-            DATA_OFFSET => self.output.pop_front().unwrap_or(0),
+            DATA_OFFSET => {
+                let byte = self.output.pop_front().unwrap_or(0);
+                if self.output.len() < self.key_bytes {
+                    self.key_bytes = self.output.len();
+                }
+                if self.key_bytes > 0 {
+                    // One interrupt per key byte, as a real keyboard controller.
+                    self.keyboard_interrupt();
+                }
+                byte
+            }
             COMMAND_OFFSET => self.status(),
             _ => 0xff,
         };
@@ -158,6 +204,29 @@ mod tests {
         assert!(evt.read().is_err(), "a data-port write must not reset");
         i8042.write(COMMAND_OFFSET, &[CMD_RESET_CPU]);
         assert_eq!(evt.read().unwrap(), 1);
+    }
+
+    #[test]
+    fn ctrl_alt_del_is_queued_as_scan_codes_with_an_interrupt_per_byte() {
+        let (mut i8042, _reset) = controller();
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        i8042.set_keyboard_irq(irq.try_clone().unwrap());
+        i8042.send_ctrl_alt_del();
+        assert_eq!(irq.read().unwrap(), 1);
+        let mut bytes = Vec::new();
+        while read(&mut i8042, COMMAND_OFFSET) & STATUS_OUTPUT_FULL != 0 {
+            bytes.push(read(&mut i8042, DATA_OFFSET));
+        }
+        assert_eq!(bytes, CTRL_ALT_DEL);
+        assert_eq!(
+            irq.read().unwrap(),
+            7,
+            "one more interrupt for each byte left"
+        );
+        for _ in 0..10 {
+            i8042.send_ctrl_alt_del();
+        }
+        assert!(i8042.output.len() <= 4 * CTRL_ALT_DEL.len());
     }
 
     #[test]

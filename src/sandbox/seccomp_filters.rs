@@ -230,7 +230,7 @@ const COMMON: &[AllowedSyscall] = &[
     allow(
         "write",
         libc::SYS_write,
-        "stderr logging, eventfd signalling",
+        "stderr logging, eventfd signalling, API answers",
     ),
     allow("close", libc::SYS_close, "dropping file descriptors"),
     allow(
@@ -286,7 +286,26 @@ const EVENT_LOOP: &[AllowedSyscall] = &[
     allow("epoll_wait", libc::SYS_epoll_wait, "mio poll"),
     allow("epoll_pwait", libc::SYS_epoll_pwait, "mio poll"),
     allow("epoll_ctl", libc::SYS_epoll_ctl, "mio (re)registration"),
-    allow("read", libc::SYS_read, "stdin, eventfds, ioeventfds, tap"),
+    allow(
+        "accept4",
+        libc::SYS_accept4,
+        "API socket (--api-sock): accept a client connection",
+    ),
+    allow(
+        "recvfrom",
+        libc::SYS_recvfrom,
+        "API socket: read a request (std reads sockets with recv)",
+    ),
+    allow(
+        "sendto",
+        libc::SYS_sendto,
+        "API socket: write an answer (std writes sockets with send)",
+    ),
+    allow(
+        "read",
+        libc::SYS_read,
+        "stdin, eventfds, ioeventfds, tap, API requests",
+    ),
     allow("readv", libc::SYS_readv, "tap frames into guest buffers"),
     allow(
         "writev",

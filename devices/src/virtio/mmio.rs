@@ -40,6 +40,16 @@ pub struct MmioTransport {
     interrupt_status: u32,
     config_generation: u32,
     activated: bool,
+    counters: TransportCounters,
+}
+
+/// What a transport counted since it was created (reported by the VMM's metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TransportCounters {
+    /// Queue notifications handled (ioeventfd kicks and QueueNotify writes).
+    pub queue_notifications: u64,
+    /// Interrupts raised towards the guest.
+    pub interrupts: u64,
 }
 
 impl MmioTransport {
@@ -75,6 +85,7 @@ impl MmioTransport {
             interrupt_status: 0,
             config_generation: 0,
             activated: false,
+            counters: TransportCounters::default(),
         })
     }
 
@@ -92,6 +103,7 @@ impl MmioTransport {
         };
         // EAGAIN just means the loop called us without a pending kick; process anyway.
         let _ = evt.read();
+        self.counters.queue_notifications += 1;
         if !self.activated {
             debug!("virtio-mmio: queue {queue_index} notified before DRIVER_OK");
             return;
@@ -153,8 +165,14 @@ impl MmioTransport {
         }
     }
 
+    /// What this transport counted so far.
+    pub fn counters(&self) -> TransportCounters {
+        self.counters
+    }
+
     fn raise_interrupt(&mut self, cause: u32) {
         self.interrupt_status |= cause;
+        self.counters.interrupts += 1;
         if let Err(e) = self.irq_evt.write(1) {
             warn!("virtio-mmio: cannot signal interrupt: {e}");
         }

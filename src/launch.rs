@@ -1,0 +1,118 @@
+//! From a checked VM description to a running guest, shared by the command line, the config
+//! file and the API's `InstanceStart`: resolve the kernel, build the VM, lock the process
+//! down, start the threads and wait for the end.
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use crate::api::{ApiServer, CheckedSpec, MachineConfigBody};
+use crate::cli::DEFAULT_CMDLINE;
+use crate::event_loop::{LoopStats, VmExit};
+use crate::kernel_store::{resolve_kernel, KernelStore};
+use crate::sandbox::{self, FsAccess, SandboxConfig, SeccompMode, ThreadKind};
+use crate::vm::{BootSource, Vm, VmConfig};
+use crate::{clock, terminal};
+
+/// How the process around the VM is set up.
+#[derive(Debug, Clone)]
+pub struct LaunchOptions {
+    pub seccomp: SeccompMode,
+    pub landlock: bool,
+    /// Kernel store for `--kernel NAME` / `kernel_image_path` names.
+    pub store: Option<PathBuf>,
+}
+
+/// What the API reports about the VM once it runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmInfo {
+    pub id: String,
+    pub machine: MachineConfigBody,
+}
+
+impl VmInfo {
+    pub fn of(spec: &CheckedSpec) -> Self {
+        VmInfo {
+            id: "volt".to_string(),
+            machine: MachineConfigBody {
+                vcpu_count: spec.vcpus,
+                mem_size_mib: spec.mem_bytes >> 20,
+                ..MachineConfigBody::default()
+            },
+        }
+    }
+}
+
+/// A kernel argument: a file path as is, anything else a name in the kernel store.
+pub fn kernel_path(arg: Option<&str>, store: Option<PathBuf>) -> Result<PathBuf, String> {
+    match arg {
+        // A plain file needs no store (and no $HOME to find one).
+        Some(path) if Path::new(path).is_file() => Ok(PathBuf::from(path)),
+        name => {
+            let store = KernelStore::open_or_default(store).map_err(|e| e.to_string())?;
+            resolve_kernel(name, &store).map_err(|e| e.to_string())
+        }
+    }
+}
+
+/// The VM configuration for `spec`, with the console on stdin/stdout.
+pub fn vm_config(spec: &CheckedSpec, options: &LaunchOptions) -> Result<VmConfig, String> {
+    let kernel = kernel_path(spec.kernel.as_deref(), options.store.clone())?;
+    Ok(VmConfig {
+        vcpus: spec.vcpus,
+        mem_bytes: spec.mem_bytes,
+        boot: BootSource::Linux {
+            kernel,
+            initrd: spec.initrd.clone(),
+            cmdline: spec
+                .boot_args
+                .as_deref()
+                .unwrap_or(DEFAULT_CMDLINE)
+                .to_string(),
+        },
+        disks: spec.disks.clone(),
+        nets: spec.nets.clone(),
+        console_out: Box::new(io::stdout()),
+        console_in: Some(0),
+        seccomp: options.seccomp,
+    })
+}
+
+/// Locks the process down, runs the built VM (serving `api` from its event loop) and waits
+/// for the guest to end.
+pub fn run(
+    mut vm: Vm,
+    spec: &CheckedSpec,
+    api: Option<ApiServer>,
+    options: &LaunchOptions,
+) -> Result<(VmExit, LoopStats), String> {
+    // Everything is open: from here on the process may reopen only its disk images.
+    let allowed: Vec<FsAccess> = spec
+        .disks
+        .iter()
+        .map(|d| FsAccess {
+            path: d.path.clone(),
+            writable: !d.read_only,
+        })
+        .collect();
+    let sandbox_config = SandboxConfig {
+        seccomp: options.seccomp,
+        landlock: options.landlock,
+    };
+    sandbox::lock_down_process(&sandbox_config, &allowed).map_err(|e| e.to_string())?;
+    if let Some(api) = api {
+        vm.attach_api(api, VmInfo::of(spec));
+    }
+    terminal::take_over_stdin();
+    let running = vm.start().map_err(|e| e.to_string())?;
+    sandbox::apply_seccomp(ThreadKind::Main, options.seccomp).map_err(|e| e.to_string())?;
+    let (exit, stats) = running.wait().map_err(|e| e.to_string())?;
+    let _ = io::stdout().flush();
+    log::info!(
+        "guest ended ({exit:?}) after {} ms: {} port and {} MMIO exits, {} console bytes",
+        clock::since_start().as_millis(),
+        stats.pio_exits,
+        stats.mmio_exits,
+        stats.console_bytes
+    );
+    Ok((exit, stats))
+}
