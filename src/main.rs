@@ -81,6 +81,7 @@ fn run_vm(args: &RunArgs) -> Result<ExitCode, String> {
         console_out: Box::new(io::stdout()),
         console_in: Some(0),
         seccomp,
+        watchdog: args.watchdog.map(std::time::Duration::from_secs),
     };
     let vm = Vm::build(config).map_err(|e| e.to_string())?;
 

@@ -19,6 +19,7 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::clock;
 use crate::sandbox::{apply_seccomp, SeccompMode, ThreadKind};
+use crate::thread_report::{Access, ThreadStates, VcpuPhase, VcpuState};
 
 /// How long a vCPU waits for the loop's answer before it checks whether it must stop.
 const REPLY_WAIT_SLICE: std::time::Duration = std::time::Duration::from_millis(20);
@@ -156,11 +157,14 @@ pub fn spawn_vcpu(
     link: LoopLink,
     stop: Arc<AtomicBool>,
     seccomp: SeccompMode,
+    states: Arc<ThreadStates>,
 ) -> std::io::Result<VcpuHandle> {
     install_kick_handler();
     let thread = thread::Builder::new()
         .name(format!("volt-vcpu{index}"))
         .spawn(move || {
+            let state = &states.vcpus[index];
+            state.started();
             if let Err(e) = apply_seccomp(ThreadKind::Vcpu, seccomp) {
                 let reason =
                     VcpuStop::Error(format!("cannot install the vCPU seccomp filter: {e}"));
@@ -170,7 +174,8 @@ pub fn spawn_vcpu(
                 });
                 return;
             }
-            let reason = run_vcpu(index, vcpu, &link, &stop);
+            let reason = run_vcpu(index, vcpu, &link, &stop, state);
+            state.set(VcpuPhase::Stopped);
             log::debug!("vcpu{index} stopped: {reason:?}");
             link.send(VcpuMessage::Stopped {
                 vcpu: index,
@@ -180,13 +185,20 @@ pub fn spawn_vcpu(
     Ok(VcpuHandle { index, thread })
 }
 
-fn run_vcpu(index: usize, mut vcpu: VcpuFd, link: &LoopLink, stop: &AtomicBool) -> VcpuStop {
+fn run_vcpu(
+    index: usize,
+    mut vcpu: VcpuFd,
+    link: &LoopLink,
+    stop: &AtomicBool,
+    state: &VcpuState,
+) -> VcpuStop {
     // One reply channel per thread, reused for every read.
     let (reply_tx, reply_rx) = bounded::<IoData>(1);
     // The loop may end (guest reset) with our request still queued: it is never answered, and
     // as this thread holds a sender itself the channel never disconnects. So wait in slices and
     // give up once the VMM asks the thread to stop.
     let wait_for_loop = || -> Option<IoData> {
+        state.set(VcpuPhase::WaitingReply);
         loop {
             match reply_rx.recv_timeout(REPLY_WAIT_SLICE) {
                 Ok(answer) => return Some(answer),
@@ -196,6 +208,7 @@ fn run_vcpu(index: usize, mut vcpu: VcpuFd, link: &LoopLink, stop: &AtomicBool) 
         }
     };
     let write_and_wait = |space, addr, data: &[u8]| -> bool {
+        state.sending(access(space, addr, true, data.len()));
         let data = IoData::from_slice(data);
         let request = VcpuMessage::Write {
             vcpu: index,
@@ -207,6 +220,7 @@ fn run_vcpu(index: usize, mut vcpu: VcpuFd, link: &LoopLink, stop: &AtomicBool) 
         link.send(request) && wait_for_loop().is_some()
     };
     let read = |space, addr, data: &mut [u8]| -> bool {
+        state.sending(access(space, addr, false, data.len()));
         let len = data.len().min(8);
         let request = VcpuMessage::Read {
             vcpu: index,
@@ -236,14 +250,18 @@ fn run_vcpu(index: usize, mut vcpu: VcpuFd, link: &LoopLink, stop: &AtomicBool) 
         if stop.load(Ordering::Acquire) {
             return VcpuStop::Requested;
         }
+        state.set(VcpuPhase::InGuest);
         let delivered = match vcpu.run() {
-            Ok(VcpuExit::IoOut(port, data)) => link.send(VcpuMessage::Write {
-                vcpu: index,
-                space: AddressSpace::Pio,
-                addr: port.into(),
-                data: IoData::from_slice(data),
-                done: None,
-            }),
+            Ok(VcpuExit::IoOut(port, data)) => {
+                state.sending(access(AddressSpace::Pio, port.into(), true, data.len()));
+                link.send(VcpuMessage::Write {
+                    vcpu: index,
+                    space: AddressSpace::Pio,
+                    addr: port.into(),
+                    data: IoData::from_slice(data),
+                    done: None,
+                })
+            }
             Ok(VcpuExit::IoIn(port, data)) => read(AddressSpace::Pio, port.into(), data),
             Ok(VcpuExit::MmioWrite(addr, data)) => write_and_wait(AddressSpace::Mmio, addr, data),
             Ok(VcpuExit::MmioRead(addr, data)) => read(AddressSpace::Mmio, addr, data),
@@ -277,5 +295,14 @@ fn run_vcpu(index: usize, mut vcpu: VcpuFd, link: &LoopLink, stop: &AtomicBool) 
         if !delivered {
             return VcpuStop::Requested;
         }
+    }
+}
+
+fn access(space: AddressSpace, addr: u64, write: bool, len: usize) -> Access {
+    Access {
+        space,
+        addr,
+        write,
+        len: u8::try_from(len).unwrap_or(u8::MAX),
     }
 }
