@@ -240,6 +240,7 @@ fn run_vcpu(
             None => false,
         }
     };
+    let mut pio_buf = [0u8; PIO_DATA_MAX];
     if index == 0 {
         log::info!(
             "vcpu0 entered guest after {} us",
@@ -252,17 +253,34 @@ fn run_vcpu(
         }
         state.set(VcpuPhase::InGuest);
         let delivered = match vcpu.run() {
+            // A string instruction (`rep outsb`, `rep insw`, ...) exits once with up to a page of
+            // data: `count` accesses of `size` bytes, each of which the device must see.
             Ok(VcpuExit::IoOut(port, data)) => {
-                state.sending(access(AddressSpace::Pio, port.into(), true, data.len()));
-                link.send(VcpuMessage::Write {
-                    vcpu: index,
-                    space: AddressSpace::Pio,
-                    addr: port.into(),
-                    data: IoData::from_slice(data),
-                    done: None,
+                let len = data.len().min(pio_buf.len());
+                pio_buf[..len].copy_from_slice(&data[..len]);
+                let size = pio_access_size(&mut vcpu);
+                pio_buf[..len].chunks(size).all(|chunk| {
+                    state.sending(access(AddressSpace::Pio, port.into(), true, chunk.len()));
+                    link.send(VcpuMessage::Write {
+                        vcpu: index,
+                        space: AddressSpace::Pio,
+                        addr: port.into(),
+                        data: IoData::from_slice(chunk),
+                        done: None,
+                    })
                 })
             }
-            Ok(VcpuExit::IoIn(port, data)) => read(AddressSpace::Pio, port.into(), data),
+            Ok(VcpuExit::IoIn(port, data)) => {
+                let len = data.len().min(pio_buf.len());
+                let size = pio_access_size(&mut vcpu);
+                let delivered = pio_buf[..len]
+                    .chunks_mut(size)
+                    .all(|chunk| read(AddressSpace::Pio, port.into(), chunk));
+                if delivered {
+                    pio_in_data(&mut vcpu).copy_from_slice(&pio_buf[..len]);
+                }
+                delivered
+            }
             Ok(VcpuExit::MmioWrite(addr, data)) => write_and_wait(AddressSpace::Mmio, addr, data),
             Ok(VcpuExit::MmioRead(addr, data)) => read(AddressSpace::Mmio, addr, data),
             Ok(VcpuExit::Shutdown) => return VcpuStop::Shutdown,
@@ -296,6 +314,31 @@ fn run_vcpu(
             return VcpuStop::Requested;
         }
     }
+}
+
+/// The most data one port-I/O exit carries: KVM's I/O data page.
+const PIO_DATA_MAX: usize = 4096;
+
+/// Bytes per access (1, 2 or 4) of the port-I/O exit the vCPU is in.
+fn pio_access_size(vcpu: &mut VcpuFd) -> usize {
+    let run = vcpu.get_kvm_run();
+    // SAFETY: the last exit was KVM_EXIT_IO, so `io` is the active member of the union.
+    let size = usize::from(unsafe { run.__bindgen_anon_1.io.size });
+    size.clamp(1, 8)
+}
+
+/// The data area of the port-input exit the vCPU is in, where the guest's bytes go.
+fn pio_in_data(vcpu: &mut VcpuFd) -> &mut [u8] {
+    let run = vcpu.get_kvm_run();
+    // SAFETY: the last exit was KVM_EXIT_IO, so `io` is the active member of the union.
+    let io = unsafe { run.__bindgen_anon_1.io };
+    let len = (usize::from(io.size) * io.count as usize).min(PIO_DATA_MAX);
+    let offset = usize::try_from(io.data_offset).unwrap_or(usize::MAX);
+    let base = (run as *mut kvm_bindings::kvm_run).cast::<u8>();
+    // SAFETY: KVM maps the run structure and its I/O data page together (the mapping is
+    // KVM_GET_VCPU_MMAP_SIZE bytes, at least two pages) and puts `size * count` bytes of data at
+    // `data_offset` within it, which is what kvm-ioctls' own IoIn slice covers as well.
+    unsafe { std::slice::from_raw_parts_mut(base.add(offset), len) }
 }
 
 fn access(space: AddressSpace, addr: u64, write: bool, len: usize) -> Access {
