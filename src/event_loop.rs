@@ -16,6 +16,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::api::ApiServer;
 use crate::device_manager::{DeviceEvent, Devices};
+use crate::thread_report::{LoopPhase, ThreadStates};
 use crate::vcpu::{AddressSpace, IoData, VcpuMessage, VcpuStop};
 
 // The API socket and the VM control behind it (pause, snapshot, metrics).
@@ -55,6 +56,8 @@ impl VmExit {
 pub struct LoopStats {
     pub pio_exits: u64,
     pub mmio_exits: u64,
+    /// Port reads the vCPU threads answered without the loop (see [`crate::fast_path`]).
+    pub pio_answered_on_vcpu: u64,
     /// Accesses no device claimed: (address space, address, is write).
     pub unhandled: Vec<(AddressSpace, u64, bool)>,
     pub console_bytes: u64,
@@ -79,6 +82,7 @@ pub struct EventLoop {
     /// The API socket, when Volt runs with `--api-sock` (see [`control`]).
     api: Option<ApiServer>,
     control: Option<control::Control>,
+    states: Arc<ThreadStates>,
 }
 
 impl EventLoop {
@@ -90,8 +94,9 @@ impl EventLoop {
         devices: Devices,
         reset_evt: EventFd,
         stdin: Option<RawFd>,
-        vcpu_count: usize,
+        states: Arc<ThreadStates>,
     ) -> io::Result<Self> {
+        let vcpu_count = states.vcpus.len();
         let registry = poll.registry();
         registry.register(
             &mut SourceFd(&reset_evt.as_raw_fd()),
@@ -126,23 +131,37 @@ impl EventLoop {
             stats: LoopStats::default(),
             api: None,
             control: None,
+            states,
         })
     }
 
     /// Serves the VM until it ends.
+    /// The thread's id must already be published ([`crate::thread_report::LoopState::started`]).
     pub fn run(mut self) -> io::Result<(VmExit, LoopStats)> {
+        let result = self.serve();
+        self.states.event_loop.set(LoopPhase::Finished, 0);
+        result
+    }
+
+    fn serve(&mut self) -> io::Result<(VmExit, LoopStats)> {
         let mut events = Events::with_capacity(64);
         loop {
+            self.states.event_loop.set(LoopPhase::Polling, 0);
             if let Err(e) = self.poll.poll(&mut events, None) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
                 return Err(e);
             }
+            self.states.event_loop.woke();
             for event in events.iter() {
                 let outcome = match event.token() {
-                    VCPU_TOKEN => self.drain_vcpu_messages(),
+                    VCPU_TOKEN => {
+                        self.states.event_loop.set(LoopPhase::VcpuMessages, 0);
+                        self.drain_vcpu_messages()
+                    }
                     STDIN_TOKEN => {
+                        self.states.event_loop.set(LoopPhase::ConsoleInput, 0);
                         self.read_console_input();
                         None
                     }
@@ -152,7 +171,11 @@ impl EventLoop {
                     }
                     token if ApiServer::owns(token) => self.handle_api_event(event),
                     Token(token) => {
-                        let event = self.devices.handle_event_source(token - FIRST_DEVICE_TOKEN);
+                        let source = token - FIRST_DEVICE_TOKEN;
+                        self.states
+                            .event_loop
+                            .set(LoopPhase::DeviceEvent, source as u64);
+                        let event = self.devices.handle_event_source(source);
                         if let Some(DeviceEvent::QueueKick { .. }) = event {
                             self.stats.queue_kicks += 1;
                         }
@@ -161,7 +184,7 @@ impl EventLoop {
                 };
                 if let Some(exit) = outcome {
                     self.finish();
-                    return Ok((exit, self.stats));
+                    return Ok((exit, std::mem::take(&mut self.stats)));
                 }
             }
             self.flush_console();
@@ -174,6 +197,7 @@ impl EventLoop {
     }
 
     fn flush_console(&mut self) {
+        self.states.event_loop.set(LoopPhase::ConsoleOutput, 0);
         if let Err(e) = self.devices.serial.flush_output() {
             log::warn!("console output failed: {e}");
         }
@@ -181,6 +205,7 @@ impl EventLoop {
 
     fn drain_vcpu_messages(&mut self) -> Option<VmExit> {
         while let Ok(message) = self.vcpu_rx.try_recv() {
+            self.states.event_loop.served_message();
             match message {
                 VcpuMessage::Write {
                     space,
@@ -259,7 +284,7 @@ impl EventLoop {
                     self.stdin = None;
                     return;
                 }
-                Ok(n) => self.devices.serial.queue_input(&buf[..n]),
+                Ok(n) => self.devices.queue_console_input(&buf[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {

@@ -20,6 +20,8 @@ pub struct LaunchOptions {
     pub landlock: bool,
     /// Kernel store for `--kernel NAME` / `kernel_image_path` names.
     pub store: Option<PathBuf>,
+    /// `--watchdog`: report the threads when none made progress for this long.
+    pub watchdog: Option<std::time::Duration>,
 }
 
 /// What the API reports about the VM once it runs.
@@ -74,6 +76,7 @@ pub fn vm_config(spec: &CheckedSpec, options: &LaunchOptions) -> Result<VmConfig
         console_out: Box::new(io::stdout()),
         console_in: Some(0),
         seccomp: options.seccomp,
+        watchdog: options.watchdog,
     })
 }
 
@@ -108,9 +111,10 @@ pub fn run(
     let (exit, stats) = running.wait().map_err(|e| e.to_string())?;
     let _ = io::stdout().flush();
     log::info!(
-        "guest ended ({exit:?}) after {} ms: {} port and {} MMIO exits, {} console bytes",
+        "guest ended ({exit:?}) after {} ms: {} port exits (+{} answered on the vCPU threads) and {} MMIO exits, {} console bytes",
         clock::since_start().as_millis(),
         stats.pio_exits,
+        stats.pio_answered_on_vcpu,
         stats.mmio_exits,
         stats.console_bytes
     );

@@ -83,6 +83,7 @@ fn run_vm(args: &RunArgs) -> Result<ExitCode, String> {
         seccomp: args.seccomp_mode(),
         landlock: !args.no_landlock,
         store: args.store.clone(),
+        watchdog: args.watchdog.map(std::time::Duration::from_secs),
     };
     let mut api = args
         .api_sock

@@ -33,7 +33,8 @@ use crate::device_manager::{
 use crate::event_loop::{EventLoop, LoopStats, VmExit};
 use crate::launch::VmInfo;
 use crate::sandbox::{apply_seccomp, SeccompMode, ThreadKind};
-use crate::vcpu::{spawn_vcpu, LoopLink, VcpuHandle};
+use crate::thread_report::{wait_reporting, ReportSignal, ThreadStates};
+use crate::vcpu::{spawn_vcpu, LoopLink, VcpuHandle, VcpuMessage};
 
 /// The i8042's keyboard interrupt (Ctrl-Alt-Del from the API).
 const KEYBOARD_IRQ: u32 = 1;
@@ -80,6 +81,8 @@ pub struct VmConfig {
     /// Host input for the guest's serial console (stdin), if any.
     pub console_in: Option<RawFd>,
     pub seccomp: SeccompMode,
+    /// Print a thread report when no thread made progress for this long (`--watchdog`).
+    pub watchdog: Option<std::time::Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -162,6 +165,7 @@ pub struct Vm {
     seccomp: SeccompMode,
     /// The API socket the event loop serves, if any.
     api: Option<(ApiServer, VmInfo)>,
+    watchdog: Option<std::time::Duration>,
 }
 
 impl Vm {
@@ -260,20 +264,23 @@ impl Vm {
             console_in: config.console_in,
             seccomp: config.seccomp,
             api: None,
+            watchdog: config.watchdog,
         })
     }
 
     /// Starts the event loop and the vCPUs; each thread installs its own seccomp filter first.
     /// Termination signals stay with the calling thread: the workers are spawned with them
     /// blocked, so a Ctrl-C is handled where the terminal may be restored.
+    /// `SIGUSR1` is held for the thread reports (see [`crate::thread_report`]) while the VM runs.
     pub fn start(self) -> Result<RunningVm, VmError> {
+        let report_signal = ReportSignal::block().map_err(io_err("signalfd for SIGUSR1"))?;
         let previous = block_termination_signals();
-        let result = self.spawn_threads();
+        let result = self.spawn_threads(report_signal);
         restore_signal_mask(&previous);
         result
     }
 
-    fn spawn_threads(self) -> Result<RunningVm, VmError> {
+    fn spawn_threads(self, report_signal: ReportSignal) -> Result<RunningVm, VmError> {
         let Vm {
             _kvm,
             _vm_fd,
@@ -285,11 +292,14 @@ impl Vm {
             console_in,
             seccomp,
             api,
+            watchdog,
         } = self;
         // Bounded, so a guest that floods the loop with writes is slowed down, not buffered.
         let (sender, receiver) = bounded(1024);
         let waker = Arc::new(Waker::new(poll.registry(), Token(0)).map_err(io_err("waker"))?);
         let vcpu_count = vcpus.len();
+        let states = Arc::new(ThreadStates::new(vcpu_count));
+        let line_status = devices.line_status_mirror();
         let mut event_loop = EventLoop::new(
             poll,
             waker.clone(),
@@ -297,7 +307,7 @@ impl Vm {
             devices,
             reset_evt,
             console_in,
-            vcpu_count,
+            states.clone(),
         )
         .map_err(VmError::EventLoop)?;
         if let Some((api, info)) = api {
@@ -305,12 +315,19 @@ impl Vm {
                 .attach_api(api, info)
                 .map_err(VmError::EventLoop)?;
         }
+        // Written when the loop thread ends, however it ends: the main thread waits on it.
+        let loop_done = EventFd::new(EFD_NONBLOCK).map_err(io_err("eventfd"))?;
+        let loop_done_writer = loop_done.try_clone().map_err(io_err("eventfd"))?;
+        let loop_states = states.clone();
         let loop_thread = thread::Builder::new()
             .name("volt-loop".into())
             .spawn(move || {
-                apply_seccomp(ThreadKind::EventLoop, seccomp)
-                    .map_err(|e| io::Error::other(e.to_string()))?;
-                event_loop.run()
+                loop_states.event_loop.started(); // gettid: before the filter
+                let result = apply_seccomp(ThreadKind::EventLoop, seccomp)
+                    .map_err(|e| io::Error::other(e.to_string()))
+                    .and_then(|()| event_loop.run());
+                let _ = loop_done_writer.write(1);
+                result
             })
             .map_err(io_err("spawning the event loop"))?;
 
@@ -320,8 +337,9 @@ impl Vm {
             let link = LoopLink {
                 sender: sender.clone(),
                 waker: waker.clone(),
+                line_status: line_status.clone(),
             };
-            match spawn_vcpu(index, vcpu, link, stop.clone(), seccomp) {
+            match spawn_vcpu(index, vcpu, link, stop.clone(), seccomp, states.clone()) {
                 Ok(handle) => handles.push(handle),
                 Err(e) => {
                     stop.store(true, Ordering::Release);
@@ -335,6 +353,11 @@ impl Vm {
         }
         Ok(RunningVm {
             loop_thread,
+            loop_done,
+            report_signal,
+            states,
+            channel: sender,
+            watchdog,
             vcpus: handles,
             stop,
             _vm_fd,
@@ -372,6 +395,12 @@ fn restore_signal_mask(previous: &libc::sigset_t) {
 /// A started VM: the event-loop thread and the vCPU threads.
 pub struct RunningVm {
     loop_thread: JoinHandle<io::Result<(VmExit, LoopStats)>>,
+    loop_done: EventFd,
+    report_signal: ReportSignal,
+    states: Arc<ThreadStates>,
+    /// Only for the channel depth in thread reports.
+    channel: crossbeam_channel::Sender<VcpuMessage>,
+    watchdog: Option<std::time::Duration>,
     vcpus: Vec<VcpuHandle>,
     stop: Arc<AtomicBool>,
     // Dropped last: the vCPU threads must be gone before the guest memory is unmapped and
@@ -383,12 +412,24 @@ pub struct RunningVm {
 
 impl RunningVm {
     /// Waits for the guest to end, then stops every vCPU thread.
+    /// Until then it prints a thread report for every `SIGUSR1` (and on a `--watchdog` stall).
     pub fn wait(self) -> Result<(VmExit, LoopStats), VmError> {
+        wait_reporting(
+            &self.loop_done,
+            &self.report_signal,
+            &self.states,
+            &self.channel,
+            self.watchdog,
+        );
+        drop(self.channel);
         let result = self.loop_thread.join();
         self.stop.store(true, Ordering::Release);
         self.vcpus.into_iter().for_each(VcpuHandle::stop_and_join);
         match result {
-            Ok(Ok(outcome)) => Ok(outcome),
+            Ok(Ok((exit, mut stats))) => {
+                stats.pio_answered_on_vcpu = self.states.answered_locally();
+                Ok((exit, stats))
+            }
             Ok(Err(e)) => Err(VmError::EventLoop(e)),
             Err(_) => Err(VmError::EventLoopPanicked),
         }
