@@ -147,7 +147,7 @@ impl EventLoop {
         let mut events = Events::with_capacity(64);
         loop {
             self.states.event_loop.set(LoopPhase::Polling, 0);
-            if let Err(e) = self.poll.poll(&mut events, None) {
+            if let Err(e) = self.poll.poll(&mut events, self.control_poll_timeout()) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
@@ -188,6 +188,7 @@ impl EventLoop {
                 }
             }
             self.flush_console();
+            self.control_tick();
         }
     }
 
@@ -237,6 +238,7 @@ impl EventLoop {
                     // The vCPU may already be gone when the VM is stopping.
                     let _ = reply.send(data);
                 }
+                VcpuMessage::Paused { vcpu } => self.vcpu_parked(vcpu),
                 VcpuMessage::Stopped { vcpu, reason } => match reason {
                     VcpuStop::Shutdown | VcpuStop::SystemEvent(_) => {
                         return Some(VmExit::Shutdown { vcpu })

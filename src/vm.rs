@@ -32,6 +32,7 @@ use crate::device_manager::{
 };
 use crate::event_loop::{EventLoop, LoopStats, VmExit};
 use crate::launch::VmInfo;
+use crate::pause::pause_channels;
 use crate::sandbox::{apply_seccomp, SeccompMode, ThreadKind};
 use crate::thread_report::{wait_reporting, ReportSignal, ThreadStates};
 use crate::vcpu::{spawn_vcpu, LoopLink, VcpuHandle, VcpuMessage};
@@ -155,7 +156,7 @@ pub fn open_kvm() -> Result<Kvm, VmError> {
 /// A VM whose memory, boot state and devices are ready, with no thread started yet.
 pub struct Vm {
     _kvm: Kvm,
-    _vm_fd: VmFd,
+    _vm_fd: Arc<VmFd>,
     guest_memory: GuestMemoryMmap,
     vcpus: Vec<VcpuFd>,
     poll: Poll,
@@ -223,6 +224,10 @@ impl Vm {
         let supported_cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+        // The MSRs a snapshot saves (the vCPU threads cannot ask /dev/kvm later).
+        if let Ok(list) = kvm.get_msr_index_list() {
+            crate::snapshot::vcpu_state::set_msr_indices(list.as_slice().to_vec());
+        }
         let mut vcpus = Vec::with_capacity(config.vcpus.into());
         for index in 0..config.vcpus {
             let vcpu = vm_fd
@@ -255,7 +260,7 @@ impl Vm {
 
         Ok(Vm {
             _kvm: kvm,
-            _vm_fd: vm_fd,
+            _vm_fd: Arc::new(vm_fd),
             guest_memory: mem,
             vcpus,
             poll: Poll::new().map_err(io_err("epoll"))?,
@@ -310,6 +315,8 @@ impl Vm {
             states.clone(),
         )
         .map_err(VmError::EventLoop)?;
+        let (pause_ends, pause_control, vcpu_threads) = pause_channels(vcpu_count);
+        event_loop.attach_vm_control(pause_control, _vm_fd.clone(), guest_memory.clone());
         if let Some((api, info)) = api {
             event_loop
                 .attach_api(api, info)
@@ -333,11 +340,12 @@ impl Vm {
 
         let stop = Arc::new(AtomicBool::new(false));
         let mut handles = Vec::with_capacity(vcpu_count);
-        for (index, vcpu) in vcpus.into_iter().enumerate() {
+        for ((index, vcpu), pause) in vcpus.into_iter().enumerate().zip(pause_ends) {
             let link = LoopLink {
                 sender: sender.clone(),
                 waker: waker.clone(),
                 line_status: line_status.clone(),
+                pause: Some(pause),
             };
             match spawn_vcpu(index, vcpu, link, stop.clone(), seccomp, states.clone()) {
                 Ok(handle) => handles.push(handle),
@@ -351,6 +359,7 @@ impl Vm {
                 }
             }
         }
+        vcpu_threads.publish(handles.iter().map(VcpuHandle::pthread));
         Ok(RunningVm {
             loop_thread,
             loop_done,
@@ -405,7 +414,7 @@ pub struct RunningVm {
     stop: Arc<AtomicBool>,
     // Dropped last: the vCPU threads must be gone before the guest memory is unmapped and
     // the VM and KVM fds close.
-    _vm_fd: VmFd,
+    _vm_fd: Arc<VmFd>,
     _kvm: Kvm,
     _guest_memory: GuestMemoryMmap,
 }

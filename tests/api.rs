@@ -377,3 +377,89 @@ fn send_ctrl_alt_del_reaches_the_guest_keyboard() {
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(console, ">1D 38 E0 53 E0 D3 B8 9D ");
 }
+
+fn start_counting_vm(dir: &std::path::Path, vcpus: u8) -> VoltProcess {
+    let kernel = tiny_elf_kernel(dir, &counting_guest());
+    let volt = VoltProcess::start(&dir.join("api.sock"), &[]);
+    assert_eq!(
+        volt.call("PUT", "/boot-source", Some(&boot_source(&kernel)))
+            .status,
+        204
+    );
+    let config = volt.call("PUT", "/machine-config", Some(&machine_config(vcpus)));
+    assert_eq!(config.status, 204);
+    let start = volt.call(
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type":"InstanceStart"}"#),
+    );
+    assert_eq!(start.status, 204, "{:?}", start.body);
+    volt
+}
+
+/// The numbers must run 1, 2, 3, ... without a gap or a repeat.
+fn assert_contiguous(numbers: &[u64]) {
+    for (i, n) in numbers.iter().enumerate() {
+        assert_eq!(*n, i as u64 + 1, "count broken at line {i}: {numbers:?}");
+    }
+}
+
+#[test]
+fn a_paused_guest_stops_counting_and_resumes_where_it_stopped() {
+    if !kvm_available("a_paused_guest_stops_counting") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // Two vCPUs: the second one (never started by the guest) must park as well.
+    let mut volt = start_counting_vm(dir.path(), 2);
+    volt.wait_console(Duration::from_secs(20), |c| counted(c).len() >= 5);
+    let resume_early = volt.call("PATCH", "/vm", Some(r#"{"state":"Resumed"}"#));
+    assert_eq!(resume_early.status, 400);
+    assert!(
+        resume_early.fault().contains("not paused"),
+        "{}",
+        resume_early.fault()
+    );
+
+    let pause = volt.call("PATCH", "/vm", Some(r#"{"state":"Paused"}"#));
+    assert_eq!(pause.status, 204, "{:?}", pause.body);
+    let at_pause = volt.console();
+    assert_eq!(volt.call("GET", "/", None).body["state"], "Paused");
+    assert_eq!(
+        volt.call("GET", "/metrics", None).body["vm"]["state"],
+        "Paused"
+    );
+    let twice = volt.call("PATCH", "/vm", Some(r#"{"state":"Paused"}"#));
+    assert_eq!(twice.status, 400);
+    // Paused means no guest instruction runs: nothing more is printed, however long we wait.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(volt.console(), at_pause, "the guest ran while paused");
+
+    let resume = volt.call("PATCH", "/vm", Some(r#"{"state":"Resumed"}"#));
+    assert_eq!(resume.status, 204, "{:?}", resume.body);
+    assert_eq!(volt.call("GET", "/", None).body["state"], "Running");
+    let paused_at = counted(&at_pause).len();
+    let text = volt.wait_console(Duration::from_secs(20), |c| {
+        counted(c).len() >= paused_at + 5
+    });
+    assert_contiguous(&counted(&text));
+
+    // Pause and resume in quick succession many times: never lost, never stuck.
+    for _ in 0..20 {
+        assert_eq!(
+            volt.call("PATCH", "/vm", Some(r#"{"state":"Paused"}"#))
+                .status,
+            204
+        );
+        assert_eq!(
+            volt.call("PATCH", "/vm", Some(r#"{"state":"Resumed"}"#))
+                .status,
+            204
+        );
+    }
+    let seen = counted(&volt.console()).len();
+    let text = volt.wait_console(Duration::from_secs(20), |c| counted(c).len() >= seen + 3);
+    assert_contiguous(&counted(&text));
+    let stderr = volt.kill();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

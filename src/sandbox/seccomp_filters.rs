@@ -156,6 +156,32 @@ const fn allow_if(name: &'static str, nr: i64, rule: ArgRule, why: &'static str)
 pub const KVM_RUN: u64 = 0xAE80;
 /// `_IOW('T', 208, unsigned int)`.
 pub const TUNSETOFFLOAD: u64 = 0x4004_54D0;
+
+/// `_IOC(dir, KVMIO, nr, size)` for the KVM requests the snapshot and pause code makes.
+const fn kvm_ioc(dir: u64, nr: u64, size: usize) -> u64 {
+    (dir << 30) | ((size as u64) << 16) | (0xAE << 8) | nr
+}
+const IOR: u64 = 2;
+const IOW: u64 = 1;
+const IOWR: u64 = 3;
+use kvm_bindings as kb;
+use std::mem::size_of;
+/// Pause/resume keep the guest clock: read on pause, written back on resume (event loop).
+pub const KVM_GET_CLOCK: u64 = kvm_ioc(IOR, 0x7c, size_of::<kb::kvm_clock_data>());
+pub const KVM_SET_CLOCK: u64 = kvm_ioc(IOW, 0x7b, size_of::<kb::kvm_clock_data>());
+/// Snapshot of the VM-wide state (event loop).
+pub const KVM_GET_IRQCHIP: u64 = kvm_ioc(IOWR, 0x62, size_of::<kb::kvm_irqchip>());
+pub const KVM_GET_PIT2: u64 = kvm_ioc(IOR, 0x9f, size_of::<kb::kvm_pit_state2>());
+/// Snapshot of a vCPU's state (its own thread, while parked).
+pub const KVM_GET_REGS: u64 = kvm_ioc(IOR, 0x81, size_of::<kb::kvm_regs>());
+pub const KVM_GET_SREGS: u64 = kvm_ioc(IOR, 0x83, size_of::<kb::kvm_sregs>());
+pub const KVM_GET_FPU: u64 = kvm_ioc(IOR, 0x8c, size_of::<kb::kvm_fpu>());
+pub const KVM_GET_XSAVE: u64 = kvm_ioc(IOR, 0xa4, size_of::<kb::kvm_xsave>());
+pub const KVM_GET_XCRS: u64 = kvm_ioc(IOR, 0xa6, size_of::<kb::kvm_xcrs>());
+pub const KVM_GET_LAPIC: u64 = kvm_ioc(IOR, 0x8e, size_of::<kb::kvm_lapic_state>());
+pub const KVM_GET_MSRS: u64 = kvm_ioc(IOWR, 0x88, size_of::<kb::kvm_msrs>());
+pub const KVM_GET_MP_STATE: u64 = kvm_ioc(IOR, 0x98, size_of::<kb::kvm_mp_state>());
+pub const KVM_GET_VCPU_EVENTS: u64 = kvm_ioc(IOR, 0x9f, size_of::<kb::kvm_vcpu_events>());
 // libc's `Ioctl` is c_ulong on glibc but c_int on musl, hence the casts.
 #[allow(clippy::unnecessary_cast)]
 pub const TCGETS: u64 = libc::TCGETS as u64;
@@ -274,9 +300,22 @@ const VCPU: &[AllowedSyscall] = &[
         libc::SYS_ioctl,
         ArgRule::OneOf {
             arg: 1,
-            values: &[("KVM_RUN", KVM_RUN), ("TCGETS", TCGETS)],
+            values: &[
+                ("KVM_RUN", KVM_RUN),
+                ("TCGETS", TCGETS),
+                ("KVM_GET_REGS", KVM_GET_REGS),
+                ("KVM_GET_SREGS", KVM_GET_SREGS),
+                ("KVM_GET_FPU", KVM_GET_FPU),
+                ("KVM_GET_XSAVE", KVM_GET_XSAVE),
+                ("KVM_GET_XCRS", KVM_GET_XCRS),
+                ("KVM_GET_LAPIC", KVM_GET_LAPIC),
+                ("KVM_GET_MSRS", KVM_GET_MSRS),
+                ("KVM_GET_MP_STATE", KVM_GET_MP_STATE),
+                ("KVM_GET_VCPU_EVENTS", KVM_GET_VCPU_EVENTS),
+            ],
         },
-        "run the guest; env_logger asks whether stderr is a terminal on every record",
+        "run the guest; env_logger asks whether stderr is a terminal on every record; \
+         KVM_GET_* read the vCPU's state for a snapshot (only while parked)",
     ),
 ];
 
@@ -341,9 +380,14 @@ const EVENT_LOOP: &[AllowedSyscall] = &[
                 ("TUNSETOFFLOAD", TUNSETOFFLOAD),
                 ("TCGETS", TCGETS),
                 ("TCSETS", TCSETS),
+                ("KVM_GET_CLOCK", KVM_GET_CLOCK),
+                ("KVM_SET_CLOCK", KVM_SET_CLOCK),
+                ("KVM_GET_IRQCHIP", KVM_GET_IRQCHIP),
+                ("KVM_GET_PIT2", KVM_GET_PIT2),
             ],
         },
-        "tap offloads from virtio-net features, serial console terminal mode",
+        "tap offloads from virtio-net features, serial console terminal mode; \
+         pause/resume keep the KVM clock; snapshots read the interrupt controllers and PIT",
     ),
 ];
 
@@ -567,6 +611,24 @@ mod tests {
         assert_eq!("off".parse::<SeccompMode>().unwrap(), SeccompMode::Off);
         let err = "trap".parse::<SeccompMode>().unwrap_err();
         assert!(err.to_string().contains("`trap`"), "{err}");
+    }
+
+    #[test]
+    fn kvm_state_ioctl_numbers_match_the_kernel_headers() {
+        // Values from <linux/kvm.h> on x86_64.
+        assert_eq!(KVM_GET_CLOCK, 0x8030_AE7C);
+        assert_eq!(KVM_SET_CLOCK, 0x4030_AE7B);
+        assert_eq!(KVM_GET_IRQCHIP, 0xC208_AE62);
+        assert_eq!(KVM_GET_PIT2, 0x8070_AE9F);
+        assert_eq!(KVM_GET_REGS, 0x8090_AE81);
+        assert_eq!(KVM_GET_SREGS, 0x8138_AE83);
+        assert_eq!(KVM_GET_FPU, 0x81A0_AE8C);
+        assert_eq!(KVM_GET_XSAVE, 0x9000_AEA4);
+        assert_eq!(KVM_GET_XCRS, 0x8188_AEA6);
+        assert_eq!(KVM_GET_LAPIC, 0x8400_AE8E);
+        assert_eq!(KVM_GET_MSRS, 0xC008_AE88);
+        assert_eq!(KVM_GET_MP_STATE, 0x8004_AE98);
+        assert_eq!(KVM_GET_VCPU_EVENTS, 0x8040_AE9F);
     }
 
     #[test]
