@@ -101,6 +101,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH")]
     pub api_sock: Option<PathBuf>,
 
+    /// Directory in which `PUT /snapshot/create` may write its files (the sandbox allows
+    /// creating files there and nowhere else). Without it, snapshots are refused.
+    #[arg(long, value_name = "DIR")]
+    pub snapshot_dir: Option<PathBuf>,
+
     /// Boot the VM described by this JSON file (the bodies of the API's PUTs in one object:
     /// boot-source, machine-config, drives, network-interfaces).
     #[arg(long, value_name = "PATH",

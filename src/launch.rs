@@ -10,7 +10,8 @@ use crate::cli::DEFAULT_CMDLINE;
 use crate::event_loop::{LoopStats, VmExit};
 use crate::kernel_store::{resolve_kernel, KernelStore};
 use crate::sandbox::{self, FsAccess, SandboxConfig, SeccompMode, ThreadKind};
-use crate::vm::{BootSource, Vm, VmConfig};
+use crate::snapshot::{Restore, VirtioBackend};
+use crate::vm::{BootSource, DiskConfig, NetConfig, Vm, VmConfig};
 use crate::{clock, terminal};
 
 /// How the process around the VM is set up.
@@ -22,6 +23,8 @@ pub struct LaunchOptions {
     pub store: Option<PathBuf>,
     /// `--watchdog`: report the threads when none made progress for this long.
     pub watchdog: Option<std::time::Duration>,
+    /// `--snapshot-dir`, canonical and already open: snapshots may be written beneath it.
+    pub snapshot_dir: Option<PathBuf>,
 }
 
 /// What the API reports about the VM once it runs.
@@ -80,6 +83,46 @@ pub fn vm_config(spec: &CheckedSpec, options: &LaunchOptions) -> Result<VmConfig
     })
 }
 
+/// The VM configuration that restores `restore`, and the description the API reports.
+pub fn restore_config(restore: Restore, options: &LaunchOptions) -> (VmConfig, CheckedSpec) {
+    let machine = restore.snapshot.machine.clone();
+    let mut disks = Vec::new();
+    let mut nets = Vec::new();
+    for backend in &machine.backends {
+        match backend {
+            VirtioBackend::Block { path, read_only } => disks.push(DiskConfig {
+                path: path.clone(),
+                read_only: *read_only,
+            }),
+            VirtioBackend::Net { tap, mac } => nets.push(NetConfig {
+                tap: tap.clone(),
+                mac: *mac,
+            }),
+        }
+    }
+    let spec = CheckedSpec {
+        vcpus: machine.vcpus,
+        mem_bytes: machine.mem_bytes,
+        kernel: None,
+        boot_args: None,
+        initrd: None,
+        disks: disks.clone(),
+        nets: nets.clone(),
+    };
+    let config = VmConfig {
+        vcpus: machine.vcpus,
+        mem_bytes: machine.mem_bytes,
+        boot: BootSource::Snapshot(Box::new(restore)),
+        disks,
+        nets,
+        console_out: Box::new(io::stdout()),
+        console_in: Some(0),
+        seccomp: options.seccomp,
+        watchdog: options.watchdog,
+    };
+    (config, spec)
+}
+
 /// Locks the process down, runs the built VM (serving `api` from its event loop) and waits
 /// for the guest to end.
 pub fn run(
@@ -101,7 +144,9 @@ pub fn run(
         seccomp: options.seccomp,
         landlock: options.landlock,
     };
-    sandbox::lock_down_process(&sandbox_config, &allowed).map_err(|e| e.to_string())?;
+    let writable_dirs: Vec<PathBuf> = options.snapshot_dir.iter().cloned().collect();
+    sandbox::lock_down_process_with_dirs(&sandbox_config, &allowed, &writable_dirs)
+        .map_err(|e| e.to_string())?;
     if let Some(api) = api {
         vm.attach_api(api, VmInfo::of(spec));
     }

@@ -79,11 +79,20 @@ fn run_vm(args: &RunArgs) -> Result<ExitCode, String> {
     }
     // Before anything is opened: no descriptor from our parent may survive into the VMM.
     sandbox::close_inherited_fds().map_err(|e| e.to_string())?;
+    let snapshot_dir = match &args.snapshot_dir {
+        Some(dir) => {
+            let (fd, canonical) = volt::snapshot::dir::open_snapshot_dir(dir)?;
+            sandbox::set_snapshot_dir_fd(fd);
+            Some(canonical)
+        }
+        None => None,
+    };
     let options = LaunchOptions {
         seccomp: args.seccomp_mode(),
         landlock: !args.no_landlock,
         store: args.store.clone(),
         watchdog: args.watchdog.map(std::time::Duration::from_secs),
+        snapshot_dir,
     };
     let mut api = args
         .api_sock

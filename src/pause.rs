@@ -143,6 +143,16 @@ impl PauseControl {
         self.all_parked()
     }
 
+    /// Lets one vCPU that parked after a pause was given up run again.
+    pub fn resume_one(&mut self, index: usize) {
+        if let (Some(commands), Some(parked)) =
+            (self.commands.get(index), self.parked.get_mut(index))
+        {
+            let _ = commands.send(VcpuCommand::Resume);
+            *parked = false;
+        }
+    }
+
     pub fn all_parked(&self) -> bool {
         self.parked.iter().all(|&p| p)
     }

@@ -34,6 +34,7 @@ use crate::event_loop::{EventLoop, LoopStats, VmExit};
 use crate::launch::VmInfo;
 use crate::pause::pause_channels;
 use crate::sandbox::{apply_seccomp, SeccompMode, ThreadKind};
+use crate::snapshot::{self, MachineLayout, Restore, SnapshotError, VirtioBackend};
 use crate::thread_report::{wait_reporting, ReportSignal, ThreadStates};
 use crate::vcpu::{spawn_vcpu, LoopLink, VcpuHandle, VcpuMessage};
 
@@ -54,6 +55,8 @@ pub enum BootSource {
     /// Bare machine code copied to `load_addr`; every vCPU starts there in 64-bit mode with
     /// its index in RDI. Used by the tests to run tiny guests through the real VMM.
     Raw { code: Vec<u8>, load_addr: u64 },
+    /// A snapshot: its memory file is the guest memory and its state is written back.
+    Snapshot(Box<Restore>),
 }
 
 /// A host file served to the guest as a virtio-block disk.
@@ -130,6 +133,8 @@ pub enum VmError {
     },
     #[error("too many virtio devices: at most {} disks and network cards together", VIRTIO_IRQS.len())]
     TooManyDevices,
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
     #[error("the event loop failed: {0}")]
     EventLoop(io::Error),
     #[error("the event loop thread panicked")]
@@ -167,6 +172,10 @@ pub struct Vm {
     /// The API socket the event loop serves, if any.
     api: Option<(ApiServer, VmInfo)>,
     watchdog: Option<std::time::Duration>,
+    /// Recorded in snapshots.
+    layout: MachineLayout,
+    /// A restored VM whose guest waits for `PATCH /vm {"state":"Resumed"}`.
+    start_paused: bool,
 }
 
 impl Vm {
@@ -181,7 +190,10 @@ impl Vm {
         }
         let kvm = open_kvm()?;
         let vm_fd = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
-        let mem = boot::layout::create_guest_memory(config.mem_bytes)?;
+        let mem = match &config.boot {
+            BootSource::Snapshot(restore) => restore.memory.clone(),
+            _ => boot::layout::create_guest_memory(config.mem_bytes)?,
+        };
         map_guest_memory(&vm_fd, &mem)?;
         create_interrupt_controllers(&vm_fd)?;
 
@@ -219,6 +231,7 @@ impl Vm {
                     })?;
                 None
             }
+            BootSource::Snapshot(_) => None,
         };
 
         let supported_cpuid = kvm
@@ -240,6 +253,9 @@ impl Vm {
             }
             vcpus.push(vcpu);
         }
+        if let BootSource::Snapshot(restore) = &config.boot {
+            snapshot::restore_machine(&vm_fd, &vcpus, &restore.snapshot)?;
+        }
 
         let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(io_err("eventfd"))?;
         vm_fd
@@ -252,11 +268,18 @@ impl Vm {
             .register_irqfd(&keyboard_irq, KEYBOARD_IRQ)
             .map_err(kvm_err("KVM_IRQFD (keyboard)"))?;
         i8042.set_keyboard_irq(keyboard_irq);
-        let devices = Devices::new(
-            SerialConsole::new(serial_irq, config.console_out),
-            i8042,
-            virtio,
-        );
+        let mut serial = SerialConsole::new(serial_irq, config.console_out);
+        let mut virtio = virtio;
+        if let BootSource::Snapshot(restore) = &config.boot {
+            snapshot::restore_devices(&mut serial, &mut i8042, &mut virtio, &restore.snapshot)?;
+        }
+        let layout = MachineLayout {
+            vcpus: config.vcpus,
+            mem_bytes: config.mem_bytes,
+            backends: virtio_backends(&config.disks, &config.nets),
+        };
+        let start_paused = matches!(&config.boot, BootSource::Snapshot(r) if !r.resume);
+        let devices = Devices::new(serial, i8042, virtio);
 
         Ok(Vm {
             _kvm: kvm,
@@ -270,6 +293,8 @@ impl Vm {
             seccomp: config.seccomp,
             api: None,
             watchdog: config.watchdog,
+            layout,
+            start_paused,
         })
     }
 
@@ -298,6 +323,8 @@ impl Vm {
             seccomp,
             api,
             watchdog,
+            layout,
+            start_paused,
         } = self;
         // Bounded, so a guest that floods the loop with writes is slowed down, not buffered.
         let (sender, receiver) = bounded(1024);
@@ -316,7 +343,10 @@ impl Vm {
         )
         .map_err(VmError::EventLoop)?;
         let (pause_ends, pause_control, vcpu_threads) = pause_channels(vcpu_count);
-        event_loop.attach_vm_control(pause_control, _vm_fd.clone(), guest_memory.clone());
+        event_loop.attach_vm_control(pause_control, _vm_fd.clone(), guest_memory.clone(), layout);
+        if start_paused {
+            event_loop.start_paused();
+        }
         if let Some((api, info)) = api {
             event_loop
                 .attach_api(api, info)
@@ -459,6 +489,19 @@ pub fn full_cmdline(base: &str, disks: &[DiskConfig], virtio: &[VirtioSlot]) -> 
         cmdline.push_str(&virtio_cmdline_entry(slot.base, slot.irq));
     }
     cmdline
+}
+
+/// The host side of each virtio slot, in the order [`create_virtio_devices`] fills them.
+fn virtio_backends(disks: &[DiskConfig], nets: &[NetConfig]) -> Vec<VirtioBackend> {
+    let disks = disks.iter().map(|d| VirtioBackend::Block {
+        path: d.path.clone(),
+        read_only: d.read_only,
+    });
+    let nets = nets.iter().map(|n| VirtioBackend::Net {
+        tap: n.tap.clone(),
+        mac: n.mac,
+    });
+    disks.chain(nets).collect()
 }
 
 /// Opens every disk and tap, wraps each in a virtio-mmio transport with its own window, IRQ

@@ -463,3 +463,223 @@ fn a_paused_guest_stops_counting_and_resumes_where_it_stopped() {
     let stderr = volt.kill();
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+fn load_body(state: &std::path::Path, mem: &std::path::Path, resume: bool) -> String {
+    serde_json::json!({
+        "snapshot_path": state,
+        "mem_backend": { "backend_path": mem, "backend_type": "File" },
+        "resume_vm": resume,
+    })
+    .to_string()
+}
+
+/// A fresh volt process restoring `state` + `mem`: the answer to the load.
+fn restore_in_new_process(
+    dir: &std::path::Path,
+    name: &str,
+    state: &std::path::Path,
+    mem: &std::path::Path,
+    resume: bool,
+) -> (VoltProcess, common::api_client::Answer) {
+    let volt = VoltProcess::start(&dir.join(name), &[]);
+    let answer = volt.call(
+        "PUT",
+        "/snapshot/load",
+        Some(&load_body(state, mem, resume)),
+    );
+    (volt, answer)
+}
+
+#[test]
+fn a_snapshot_restored_in_a_new_process_continues_the_count() {
+    if !kvm_available("a_snapshot_restored_in_a_new_process") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let snaps = dir.path().join("snaps");
+    std::fs::create_dir(&snaps).unwrap();
+    let kernel = tiny_elf_kernel(dir.path(), &counting_guest());
+    let snap_arg = snaps.to_str().unwrap().to_string();
+    let mut volt = VoltProcess::start(&dir.path().join("a.sock"), &["--snapshot-dir", &snap_arg]);
+    assert_eq!(
+        volt.call("PUT", "/boot-source", Some(&boot_source(&kernel)))
+            .status,
+        204
+    );
+    assert_eq!(
+        volt.call("PUT", "/machine-config", Some(&machine_config(2)))
+            .status,
+        204
+    );
+    let start = volt.call(
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type":"InstanceStart"}"#),
+    );
+    assert_eq!(start.status, 204, "{:?}", start.body);
+    volt.wait_console(Duration::from_secs(20), |c| counted(c).len() >= 5);
+
+    let create = r#"{"snapshot_path":"vm.state","mem_file_path":"vm.mem"}"#;
+    let running = volt.call("PUT", "/snapshot/create", Some(create));
+    assert_eq!(running.status, 400);
+    assert!(running.fault().contains("paused"), "{}", running.fault());
+    assert_eq!(
+        volt.call("PATCH", "/vm", Some(r#"{"state":"Paused"}"#))
+            .status,
+        204
+    );
+    let outside = volt.call(
+        "PUT",
+        "/snapshot/create",
+        Some(r#"{"snapshot_path":"/tmp/evil.state","mem_file_path":"vm.mem"}"#),
+    );
+    assert_eq!(outside.status, 400);
+    assert!(outside.fault().contains("outside"), "{}", outside.fault());
+    let unknown = volt.call(
+        "PUT",
+        "/snapshot/create",
+        Some(r#"{"snapshot_path":"a","mem_file_path":"b","compress":true}"#),
+    );
+    assert_eq!(unknown.status, 400);
+    let created = volt.call("PUT", "/snapshot/create", Some(create));
+    assert_eq!(created.status, 204, "{:?}", created.body);
+    let at_snapshot = counted(&volt.console());
+    assert_contiguous(&at_snapshot);
+    let last = *at_snapshot.last().unwrap();
+    let stderr = volt.kill();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    let state = snaps.join("vm.state");
+    let mem = snaps.join("vm.mem");
+    assert_eq!(std::fs::metadata(&mem).unwrap().len(), 64 << 20);
+    let mode = std::fs::metadata(&state).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // Restored paused: nothing runs until resumed, then the count goes on from `last`.
+    let (mut restored, answer) = restore_in_new_process(dir.path(), "b.sock", &state, &mem, false);
+    assert_eq!(answer.status, 204, "{:?}", answer.body);
+    assert_eq!(restored.call("GET", "/", None).body["state"], "Paused");
+    assert_eq!(
+        restored.call("GET", "/machine-config", None).body["vcpu_count"],
+        2
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        restored.console(),
+        "",
+        "a guest restored paused must not run"
+    );
+    assert_eq!(
+        restored
+            .call("PATCH", "/vm", Some(r#"{"state":"Resumed"}"#))
+            .status,
+        204
+    );
+    let text = restored.wait_console(Duration::from_secs(20), |c| counted(c).len() >= 5);
+    let after = counted(&text);
+    let expected: Vec<u64> = (last + 1..=last + after.len() as u64).collect();
+    assert_eq!(after, expected, "the count must continue from {last}");
+    drop(restored);
+
+    // Restored running, twice from the same files (MAP_PRIVATE: the file is not changed).
+    for name in ["c.sock", "d.sock"] {
+        let (mut clone, answer) = restore_in_new_process(dir.path(), name, &state, &mem, true);
+        assert_eq!(answer.status, 204, "{:?}", answer.body);
+        let text = clone.wait_console(Duration::from_secs(20), |c| counted(c).len() >= 3);
+        assert_eq!(counted(&text)[0], last + 1, "{text}");
+        assert_eq!(clone.call("GET", "/", None).body["state"], "Running");
+    }
+}
+
+#[test]
+fn damaged_or_foreign_snapshots_are_refused_with_a_clear_error() {
+    if !kvm_available("damaged_or_foreign_snapshots_are_refused") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let snaps = dir.path().join("snaps");
+    std::fs::create_dir(&snaps).unwrap();
+    let snap_arg = snaps.to_str().unwrap().to_string();
+    let kernel = tiny_elf_kernel(dir.path(), &counting_guest());
+    let kernel_arg = kernel.to_str().unwrap().to_string();
+    let mut volt = VoltProcess::start(
+        &dir.path().join("a.sock"),
+        &[
+            "--kernel",
+            &kernel_arg,
+            "--mem",
+            "64M",
+            "--snapshot-dir",
+            &snap_arg,
+        ],
+    );
+    volt.wait_console(Duration::from_secs(20), |c| counted(c).len() >= 2);
+    assert_eq!(
+        volt.call("PATCH", "/vm", Some(r#"{"state":"Paused"}"#))
+            .status,
+        204
+    );
+    let create = r#"{"snapshot_path":"vm.state","mem_file_path":"vm.mem"}"#;
+    assert_eq!(
+        volt.call("PUT", "/snapshot/create", Some(create)).status,
+        204
+    );
+    drop(volt);
+    let state = snaps.join("vm.state");
+    let mem = snaps.join("vm.mem");
+    let good = std::fs::read(&state).unwrap();
+
+    let bad = dir.path().join("bad.state");
+    let mut cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "not a snapshot",
+            b"{\"hello\":1}".to_vec(),
+            "not a Volt snapshot",
+        ),
+        ("truncated", good[..good.len() / 2].to_vec(), "truncated"),
+    ];
+    let mut corrupt = good.clone();
+    let middle = corrupt.len() / 2;
+    corrupt[middle] ^= 1;
+    cases.push(("corrupt", corrupt, "checksum"));
+    let mut other_format = good.clone();
+    other_format[8] = 99;
+    cases.push(("other format", other_format, "format version 99"));
+    // Another Volt version, with a valid checksum: the header is rebuilt around a new body.
+    let body = std::str::from_utf8(&good[56..]).unwrap();
+    let other_volt = body.replacen(
+        &format!("\"volt_version\":\"{}\"", env!("CARGO_PKG_VERSION")),
+        "\"volt_version\":\"0.0.1-other\"",
+        1,
+    );
+    assert_ne!(other_volt, body);
+    let mut reframed = good[..56].to_vec();
+    reframed[16..24].copy_from_slice(&(other_volt.len() as u64).to_le_bytes());
+    use sha2::Digest;
+    reframed[24..56].copy_from_slice(&sha2::Sha256::digest(other_volt.as_bytes()));
+    reframed.extend_from_slice(other_volt.as_bytes());
+    cases.push(("other volt", reframed, "made by Volt 0.0.1-other"));
+    for (i, (what, bytes, expected)) in cases.into_iter().enumerate() {
+        std::fs::write(&bad, bytes).unwrap();
+        let (volt, answer) =
+            restore_in_new_process(dir.path(), &format!("{i}.sock"), &bad, &mem, true);
+        assert_eq!(answer.status, 400, "{what}");
+        assert!(
+            answer.fault().contains(expected),
+            "{what}: {}",
+            answer.fault()
+        );
+        // The process is still serving, with no VM.
+        assert_eq!(
+            volt.call("GET", "/", None).body["state"],
+            "Not started",
+            "{what}"
+        );
+    }
+    // A memory file of the wrong size.
+    let short_mem = dir.path().join("short.mem");
+    std::fs::write(&short_mem, vec![0u8; 4096]).unwrap();
+    let (_volt, answer) = restore_in_new_process(dir.path(), "m.sock", &state, &short_mem, true);
+    assert_eq!(answer.status, 400);
+    assert!(answer.fault().contains("memory file"), "{}", answer.fault());
+}

@@ -15,6 +15,10 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::BusDevice;
 
+// Save and restore for snapshots.
+mod state;
+pub use state::I8042Snapshot;
+
 /// Port 0x60 is offset 0 of the device window, port 0x64 (command/status) offset 4.
 pub const I8042_PORT_BASE: u16 = 0x60;
 pub const I8042_PORT_COUNT: u16 = 5;

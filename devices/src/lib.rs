@@ -7,6 +7,7 @@
 
 pub mod i8042;
 pub mod serial;
+pub mod state;
 pub mod virtio;
 
 /// A device that answers guest port-I/O or MMIO accesses inside its address window.

@@ -14,6 +14,10 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::BusDevice;
 
+// Save and restore for snapshots.
+mod state;
+pub use state::SerialSnapshot;
+
 /// Raises a guest interrupt by writing to an eventfd that KVM routes to a GSI (an irqfd).
 pub struct IrqTrigger(pub EventFd);
 

@@ -7,10 +7,11 @@ use std::io;
 use mio::{Events, Poll};
 
 use super::http::Response;
-use super::model::{ApiRequest, CheckedSpec, VmSpec};
+use super::model::{ApiRequest, CheckedSpec, SnapshotLoadBody, VmSpec};
 use super::server::{ApiHandler, ApiServer, ClientId};
 use super::VERSION;
-use crate::launch::{vm_config, LaunchOptions};
+use crate::launch::{restore_config, vm_config, LaunchOptions};
+use crate::snapshot;
 use crate::vm::Vm;
 
 /// A VM the API asked for, built and ready to start.
@@ -41,6 +42,42 @@ impl PreBoot<'_> {
                 Response::no_content()
             }
             Err(e) => Response::error(400, format!("cannot start: {e}")),
+        }
+    }
+}
+
+impl PreBoot<'_> {
+    fn load_snapshot(&mut self, body: &SnapshotLoadBody) -> Response {
+        if self.spec != VmSpec::default() {
+            return Response::error(
+                400,
+                "snapshot/load describes the whole VM: it cannot follow other configuration",
+            );
+        }
+        if body.enable_diff_snapshots {
+            return Response::error(400, "diff snapshots are not supported");
+        }
+        let started = std::time::Instant::now();
+        let mem_path = match body.mem_path() {
+            Ok(path) => path,
+            Err(e) => return Response::error(400, e),
+        };
+        let restore = match snapshot::load(&body.snapshot_path, &mem_path, body.resume_vm) {
+            Ok(restore) => restore,
+            Err(e) => return Response::error(400, e.to_string()),
+        };
+        let (config, spec) = restore_config(restore, self.options);
+        match Vm::build(config) {
+            Ok(vm) => {
+                log::info!(
+                    "snapshot {} restored in {} us",
+                    body.snapshot_path.display(),
+                    started.elapsed().as_micros()
+                );
+                self.started = Some(StartedVm { vm, spec });
+                Response::no_content()
+            }
+            Err(e) => Response::error(400, format!("cannot restore: {e}")),
         }
     }
 }
@@ -89,9 +126,7 @@ impl ApiHandler for PreBoot<'_> {
             ApiRequest::SendCtrlAltDel => not_started("SendCtrlAltDel"),
             ApiRequest::Pause | ApiRequest::Resume => not_started("PATCH /vm"),
             ApiRequest::SnapshotCreate(_) => not_started("snapshot/create"),
-            ApiRequest::SnapshotLoad(_) => {
-                Response::error(400, "snapshot/load is not available in this build")
-            }
+            ApiRequest::SnapshotLoad(body) => self.load_snapshot(&body),
         })
     }
 }

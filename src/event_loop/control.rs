@@ -12,9 +12,18 @@ use mio::event::Event;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use super::{EventLoop, VmExit};
-use crate::api::{ApiHandler, ApiRequest, ApiServer, ClientId, Response, VERSION};
+use crate::api::{
+    ApiHandler, ApiRequest, ApiServer, ClientId, Response, SnapshotCreateBody, VERSION,
+};
 use crate::launch::VmInfo;
 use crate::pause::PauseControl;
+use crate::snapshot::{
+    self, MachineLayout, SnapshotError, SnapshotSizes, VirtioBackend, VmSnapshot,
+};
+use devices::BusDevice;
+
+/// Where a virtio-mmio device's configuration space starts in its window.
+const VIRTIO_MMIO_CONFIG_OFFSET: u64 = 0x100;
 
 /// A lost kick is repeated this often while the vCPUs are being paused.
 const PAUSE_KICK_INTERVAL: Duration = Duration::from_millis(5);
@@ -42,6 +51,7 @@ pub(super) struct Control {
     pub(super) pause: PauseControl,
     pub(super) vm_fd: Arc<VmFd>,
     pub(super) memory: GuestMemoryMmap,
+    layout: MachineLayout,
     pub(super) state: RunState,
     /// The KVM clock when the guest was paused: restored on resume so it does not jump.
     clock: Option<kvm_clock_data>,
@@ -66,6 +76,7 @@ impl EventLoop {
         pause: PauseControl,
         vm_fd: Arc<VmFd>,
         memory: GuestMemoryMmap,
+        layout: MachineLayout,
     ) {
         self.control = Some(Control {
             info: None,
@@ -74,9 +85,22 @@ impl EventLoop {
             pause,
             vm_fd,
             memory,
+            layout,
             state: RunState::Running,
             clock: None,
         });
+    }
+
+    /// The guest starts paused (a restored snapshot without `resume_vm`): the vCPU threads
+    /// park before they first enter the guest.
+    pub fn start_paused(&mut self) {
+        if let Some(control) = self.control.as_mut() {
+            control.state = RunState::Pausing {
+                waiter: None,
+                since: Instant::now(),
+            };
+            control.pause.request();
+        }
     }
 
     /// Serves the API socket from this loop (registered with its `Poll`).
@@ -102,7 +126,10 @@ impl EventLoop {
 
     /// Sends the answer to a request that waited (a pause).
     fn answer_later(&mut self, client: Option<ClientId>, response: Response) {
-        let (Some(client), Some(mut api)) = (client, self.api.take()) else {
+        let Some(client) = client else {
+            return;
+        };
+        let Some(mut api) = self.api.take() else {
             return;
         };
         api.respond(client, response, self);
@@ -140,6 +167,11 @@ impl EventLoop {
         let Some(control) = self.control.as_mut() else {
             return;
         };
+        if control.state == RunState::Running {
+            // It saw a pause that was given up (resumed early): let it go on.
+            control.pause.resume_one(vcpu);
+            return;
+        }
         if !control.pause.parked(vcpu) {
             return;
         }
@@ -175,8 +207,20 @@ impl EventLoop {
         let Some(control) = self.control.as_mut() else {
             return Response::error(500, "no VM control");
         };
-        if control.state != RunState::Paused {
-            return Response::error(400, "the VM is not paused");
+        match control.state {
+            RunState::Paused => {}
+            RunState::Pausing { waiter, .. } => {
+                // Resumed before every vCPU parked (e.g. right after a paused restore): the
+                // pause is given up; late parkers are let go as they report.
+                control.pause.resume();
+                control.state = RunState::Running;
+                self.answer_later(
+                    waiter,
+                    Response::error(400, "resumed before the pause completed"),
+                );
+                return Response::no_content();
+            }
+            RunState::Running => return Response::error(400, "the VM is not paused"),
         }
         if let Some(mut clock) = control.clock.take() {
             // Only the clock value: the guest continues where it paused.
@@ -190,9 +234,101 @@ impl EventLoop {
         Response::no_content()
     }
 
+    /// `PUT /snapshot/create`: the VM must be paused.
+    fn snapshot_create(&mut self, body: SnapshotCreateBody) -> Response {
+        if let Some(kind) = body.snapshot_type.as_deref().filter(|k| *k != "Full") {
+            return Response::error(
+                400,
+                format!("snapshot_type {kind} is not supported (only Full)"),
+            );
+        }
+        let started = Instant::now();
+        match self.write_snapshot(&body) {
+            Ok(sizes) => {
+                log::info!(
+                    "snapshot {} ({} bytes) + {} ({} bytes, {} allocated) written in {} ms",
+                    body.snapshot_path.display(),
+                    sizes.state_bytes,
+                    body.mem_file_path.display(),
+                    sizes.memory_bytes,
+                    sizes.memory_allocated,
+                    started.elapsed().as_millis()
+                );
+                Response::no_content()
+            }
+            Err(e @ (SnapshotError::NotPaused | SnapshotError::Path(_))) => {
+                Response::error(400, e.to_string())
+            }
+            Err(e) => Response::error(400, format!("snapshot failed: {e}")),
+        }
+    }
+
+    fn write_snapshot(
+        &mut self,
+        body: &SnapshotCreateBody,
+    ) -> Result<SnapshotSizes, SnapshotError> {
+        let control = self.control.as_ref().ok_or(SnapshotError::NotPaused)?;
+        if control.state != RunState::Paused {
+            return Err(SnapshotError::NotPaused);
+        }
+        let vcpus = control
+            .pause
+            .save_all(Duration::from_secs(2))
+            .map_err(SnapshotError::Vcpus)?;
+        let clock = match control.clock {
+            Some(clock) => clock,
+            None => control
+                .vm_fd
+                .get_clock()
+                .map_err(|source| SnapshotError::Kvm {
+                    what: "KVM_GET_CLOCK",
+                    source,
+                })?,
+        };
+        let vm = snapshot::save_vm_state(&control.vm_fd, clock)?;
+        let mut machine = control.layout.clone();
+        // A card whose MAC was chosen at random keeps it: read it from the config space.
+        for (backend, slot) in machine
+            .backends
+            .iter_mut()
+            .zip(self.devices.virtio.iter_mut())
+        {
+            if let VirtioBackend::Net {
+                mac: mac @ None, ..
+            } = backend
+            {
+                let mut bytes = [0u8; 6];
+                for (i, byte) in bytes.iter_mut().enumerate() {
+                    let mut one = [0u8];
+                    slot.transport
+                        .read(VIRTIO_MMIO_CONFIG_OFFSET + i as u64, &mut one);
+                    *byte = one[0];
+                }
+                *mac = Some(bytes);
+            }
+        }
+        let devices = snapshot::save_devices(&self.devices);
+        let control = self.control.as_ref().ok_or(SnapshotError::NotPaused)?;
+        let state = VmSnapshot {
+            volt_version: snapshot::VOLT_VERSION.to_string(),
+            machine,
+            memory: Vec::new(),
+            vcpus,
+            vm,
+            devices,
+        };
+        snapshot::write_snapshot(
+            state,
+            &control.memory,
+            &body.snapshot_path,
+            &body.mem_file_path,
+        )
+    }
+
     fn state_name(&self) -> &'static str {
         match self.control.as_ref().map(|c| c.state) {
-            Some(RunState::Paused) => "Paused",
+            // A restored VM waiting to be resumed has not run yet either.
+            Some(RunState::Paused) | Some(RunState::Pausing { waiter: None, .. }) => "Paused",
             _ => "Running",
         }
     }
@@ -272,9 +408,7 @@ impl ApiHandler for EventLoop {
             }
             ApiRequest::Pause => return self.pause(client),
             ApiRequest::Resume => self.resume(),
-            ApiRequest::SnapshotCreate(_) => {
-                Response::error(400, "snapshot/create is not available in this build")
-            }
+            ApiRequest::SnapshotCreate(body) => self.snapshot_create(body),
         })
     }
 }

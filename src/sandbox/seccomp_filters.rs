@@ -121,6 +121,17 @@ pub enum ArgRule {
     /// Argument `arg` is this process's id, read when the filter is built (signals stay inside
     /// the VMM).
     OwnPid { arg: u8 },
+    /// Argument `arg` is the snapshot directory's fd (`--snapshot-dir`), read when the filter
+    /// is built; without a snapshot directory nothing matches.
+    SnapshotDirFd { arg: u8 },
+}
+
+/// The fd of `--snapshot-dir`, if any (set once at start-up, before the filters are built).
+static SNAPSHOT_DIR_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+/// Lets the event loop create files under the directory open at `fd` (snapshots).
+pub fn set_snapshot_dir_fd(fd: i32) {
+    SNAPSHOT_DIR_FD.store(fd, std::sync::atomic::Ordering::Release);
 }
 
 /// One line of an allow-list.
@@ -369,6 +380,17 @@ const EVENT_LOOP: &[AllowedSyscall] = &[
         },
         "Rust File::metadata on an open fd",
     ),
+    allow_if(
+        "openat",
+        libc::SYS_openat,
+        ArgRule::SnapshotDirFd { arg: 0 },
+        "create snapshot files, only relative to the --snapshot-dir fd (Landlock confines them)",
+    ),
+    allow(
+        "ftruncate",
+        libc::SYS_ftruncate,
+        "size the snapshot memory file (zero pages stay holes)",
+    ),
     GETPID,
     TGKILL_OWN_PROCESS,
     allow_if(
@@ -468,6 +490,10 @@ fn rule_chain(entry: &AllowedSyscall, own_pid: u64) -> Result<Vec<SeccompRule>, 
             single(condition(arg, SeccompCmpOp::MaskedEq(mask), mask)?)
         }
         ArgRule::OwnPid { arg } => single(condition(arg, SeccompCmpOp::Eq, own_pid)?),
+        ArgRule::SnapshotDirFd { arg } => {
+            let fd = SNAPSHOT_DIR_FD.load(std::sync::atomic::Ordering::Acquire);
+            single(condition(arg, SeccompCmpOp::Eq, u64::from(fd as u32))?)
+        }
     }
 }
 
@@ -519,6 +545,7 @@ fn describe_rule(rule: &ArgRule) -> String {
         ArgRule::BitsClear { arg, mask_name, .. } => format!("arg{arg} without {mask_name}"),
         ArgRule::BitsSet { arg, mask_name, .. } => format!("arg{arg} with {mask_name}"),
         ArgRule::OwnPid { arg } => format!("arg{arg} == own pid"),
+        ArgRule::SnapshotDirFd { arg } => format!("arg{arg} == --snapshot-dir fd"),
     }
 }
 
@@ -594,8 +621,12 @@ mod tests {
         ];
         for kind in ThreadKind::ALL {
             for entry in allowed_syscalls(kind) {
+                // Creating snapshot files: only relative to the snapshot directory's fd.
+                let snapshot_create = entry.nr == libc::SYS_openat
+                    && kind == ThreadKind::EventLoop
+                    && entry.rule == (ArgRule::SnapshotDirFd { arg: 0 });
                 assert!(
-                    !forbidden.contains(&entry.nr),
+                    !forbidden.contains(&entry.nr) || snapshot_create,
                     "{kind} allows {}",
                     entry.name
                 );

@@ -24,7 +24,7 @@ use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 pub use block::{Block, BlockError};
-pub use mmio::{MmioTransport, TransportCounters};
+pub use mmio::{MmioTransport, QueueSnapshot, TransportCounters, TransportSnapshot};
 pub use net::{Net, NetError};
 pub use tap::{Tap, TapError};
 
