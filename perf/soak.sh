@@ -50,7 +50,7 @@ per_boot=$(( stuck + 15 ))
 n=$(( rounds * $(wc -w <<<"$builds") * $(wc -w <<<"$kernels") * $(wc -w <<<"$cpus") * $(wc -w <<<"$consoles") ))
 echo "soak: $n boots ($builds; $kernels; cpus $cpus; console $consoles; $rounds rounds), mode $mode" >&2
 start=$(date +%s)
-NESTED_TIMEOUT=${NESTED_TIMEOUT:-$(( n * per_boot / 2 + 300 ))} run_payload "$mode" "$work/p" > "$work/out.txt" 2>&1 || true
+NESTED_TIMEOUT=${NESTED_TIMEOUT:-$(( n * per_boot + 300 ))} run_payload "$mode" "$work/p" > "$work/out.txt" 2>&1 || true
 echo "soak: payload finished in $(( $(date +%s) - start )) s" >&2
 [ -n "$raw" ] && cp "$work/out.txt" "$raw"
 grep -E '^(SOAK-HANG|SOAK-REPORT|SOAK-TASK|SOAK-STACK|SOAK-KVM|SOAK-FAIL|SOAK-OUT|NESTED-)' "$work/out.txt" || true
