@@ -22,9 +22,13 @@ pub const MAX_CLIENTS: usize = 16;
 const MAX_PENDING_OUTPUT: usize = 256 * 1024;
 const LISTENER_TOKEN: Token = Token(API_TOKEN_BASE);
 
-/// Identifies a client for a deferred answer.
+/// Identifies a client for a deferred answer: its slot, and which connection in that slot (a
+/// slot freed by a vanished client is reused, and must not get the old client's answer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ClientId(usize);
+pub struct ClientId {
+    slot: usize,
+    connection: u64,
+}
 
 /// Serves parsed requests.
 pub trait ApiHandler {
@@ -50,6 +54,7 @@ struct Client {
     awaiting: bool,
     /// Close once the output is written.
     closing: bool,
+    connection: u64,
 }
 
 pub struct ApiServer {
@@ -57,6 +62,7 @@ pub struct ApiServer {
     listener: UnixListener,
     registry: Option<Registry>,
     clients: HashMap<usize, Client>,
+    connections: u64,
     /// Requests served, answers with an error status (for the metrics).
     pub requests: u64,
     pub errors: u64,
@@ -84,6 +90,7 @@ impl ApiServer {
             listener,
             registry: None,
             clients: HashMap::new(),
+            connections: 0,
             requests: 0,
             errors: 0,
         })
@@ -152,12 +159,16 @@ impl ApiServer {
 
     /// Answers a request that [`ApiHandler::handle`] deferred.
     pub fn respond(&mut self, client: ClientId, response: Response, handler: &mut dyn ApiHandler) {
-        if let Some(c) = self.clients.get_mut(&client.0) {
+        if let Some(c) = self
+            .clients
+            .get_mut(&client.slot)
+            .filter(|c| c.connection == client.connection)
+        {
             c.awaiting = false;
             c.output.extend_from_slice(&response.encode(false));
             self.count(&response);
             // Requests that queued behind the deferred one are served now.
-            self.serve(client.0, handler);
+            self.serve(client.slot, handler);
         }
     }
 
@@ -189,6 +200,7 @@ impl ApiServer {
                             continue;
                         }
                     }
+                    self.connections += 1;
                     self.clients.insert(
                         slot,
                         Client {
@@ -197,6 +209,7 @@ impl ApiServer {
                             output: Vec::new(),
                             awaiting: false,
                             closing: false,
+                            connection: self.connections,
                         },
                     );
                 }
@@ -241,7 +254,13 @@ impl ApiServer {
                 Parsed::Complete(request, used) => {
                     client.input.drain(..used);
                     let response = match route(&request) {
-                        Ok(api_request) => handler.handle(ClientId(slot), api_request),
+                        Ok(api_request) => {
+                            let id = ClientId {
+                                slot,
+                                connection: client.connection,
+                            };
+                            handler.handle(id, api_request)
+                        }
                         Err(response) => Some(response),
                     };
                     match response {

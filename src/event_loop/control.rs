@@ -376,8 +376,9 @@ impl EventLoop {
 
 impl ApiHandler for EventLoop {
     fn handle(&mut self, client: ClientId, request: ApiRequest) -> Option<Response> {
-        let control = self.control.as_ref()?;
-        let info = control.info.clone()?;
+        let Some(info) = self.control.as_ref().and_then(|c| c.info.clone()) else {
+            return Some(Response::error(500, "the VM control is not attached"));
+        };
         Some(match request {
             ApiRequest::GetInfo => Response::json(&serde_json::json!({
                 "id": info.id,

@@ -25,7 +25,20 @@ impl Answer {
 
 /// Sends one request on a fresh connection and reads the answer.
 pub fn call(sock: &Path, method: &str, path: &str, body: Option<&str>) -> Answer {
-    let mut stream = UnixStream::connect(sock).expect("connect to the API socket");
+    // The socket file appears at bind(), a moment before listen(): retry a refused connect.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut stream = loop {
+        match UnixStream::connect(sock) {
+            Ok(stream) => break stream,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::ConnectionRefused
+                    && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) => panic!("connect to the API socket: {e}"),
+        }
+    };
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
