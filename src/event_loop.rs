@@ -8,6 +8,7 @@
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 use mio::unix::SourceFd;
@@ -76,6 +77,7 @@ pub struct EventLoop {
     vcpus_running: usize,
     stats: LoopStats,
     states: Arc<ThreadStates>,
+    linger: Option<Duration>,
 }
 
 impl EventLoop {
@@ -123,6 +125,7 @@ impl EventLoop {
             vcpus_running: vcpu_count,
             stats: LoopStats::default(),
             states,
+            linger: None,
         })
     }
 
@@ -138,16 +141,31 @@ impl EventLoop {
         let mut events = Events::with_capacity(64);
         loop {
             self.states.event_loop.set(LoopPhase::Polling, 0);
-            if let Err(e) = self.poll.poll(&mut events, None) {
+            // vCPUs wake the loop only when it said it sleeps; a message queued before that
+            // is seen here, and then epoll is only asked what else is ready.
+            let rx = &self.vcpu_rx;
+            let pending = self.states.event_loop.going_to_sleep(|| !rx.is_empty());
+            let timeout = pending.then_some(Duration::ZERO);
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
                 return Err(e);
             }
             self.states.event_loop.woke();
+            let mut served_vcpus = pending;
+            let mut outcome = None;
+            if pending {
+                self.states.event_loop.set(LoopPhase::VcpuMessages, 0);
+                outcome = self.drain_vcpu_messages();
+            }
             for event in events.iter() {
-                let outcome = match event.token() {
+                if outcome.is_some() {
+                    break;
+                }
+                outcome = match event.token() {
                     VCPU_TOKEN => {
+                        served_vcpus = true;
                         self.states.event_loop.set(LoopPhase::VcpuMessages, 0);
                         self.drain_vcpu_messages()
                     }
@@ -172,13 +190,39 @@ impl EventLoop {
                         None
                     }
                 };
-                if let Some(exit) = outcome {
-                    self.finish();
-                    return Ok((exit, std::mem::take(&mut self.stats)));
-                }
+            }
+            if let Some(exit) = outcome {
+                self.finish();
+                return Ok((exit, std::mem::take(&mut self.stats)));
             }
             self.flush_console();
+            if served_vcpus {
+                self.linger();
+            }
         }
+    }
+
+    /// After serving vCPU exits, stays awake a moment for the next one (a guest writing its
+    /// console exits every few microseconds), so the vCPU need not wake the loop for each.
+    /// Only when every vCPU thread and the loop have a host CPU of their own: with more
+    /// threads than CPUs the spin would take the CPU from the vCPU it waits for.
+    fn linger(&self) {
+        let Some(limit) = self.linger else { return };
+        let start = Instant::now();
+        let mut spins = 0u32;
+        while self.vcpu_rx.is_empty() {
+            std::hint::spin_loop();
+            spins = spins.wrapping_add(1);
+            if spins % 64 == 0 && start.elapsed() >= limit {
+                return;
+            }
+        }
+    }
+
+    /// Lets the loop spin up to `limit` for the next vCPU message before it sleeps (see
+    /// [`EventLoop::linger`]); `None` (the default) never spins.
+    pub fn set_linger(&mut self, limit: Option<Duration>) {
+        self.linger = limit;
     }
 
     fn finish(&mut self) {

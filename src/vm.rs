@@ -159,6 +159,18 @@ pub struct Vm {
     console_in: Option<RawFd>,
     seccomp: SeccompMode,
     watchdog: Option<std::time::Duration>,
+    /// CPUs this process may run on, read before the sandbox closes /proc and /sys.
+    host_cpus: usize,
+}
+
+/// How long the event loop spins for the next vCPU exit when it has a CPU of its own:
+/// 50 us, or `VOLT_LOOP_SPIN_US` (0 turns it off; a knob for the benchmarks in perf/).
+fn loop_linger() -> Option<std::time::Duration> {
+    let us = std::env::var("VOLT_LOOP_SPIN_US")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(50);
+    (us > 0).then(|| std::time::Duration::from_micros(us))
 }
 
 impl Vm {
@@ -247,6 +259,7 @@ impl Vm {
             console_in: config.console_in,
             seccomp: config.seccomp,
             watchdog: config.watchdog,
+            host_cpus: thread::available_parallelism().map_or(1, |n| n.get()),
         })
     }
 
@@ -274,6 +287,7 @@ impl Vm {
             console_in,
             seccomp,
             watchdog,
+            host_cpus,
         } = self;
         // Bounded, so a guest that floods the loop with writes is slowed down, not buffered.
         let (sender, receiver) = bounded(1024);
@@ -281,7 +295,7 @@ impl Vm {
         let vcpu_count = vcpus.len();
         let states = Arc::new(ThreadStates::new(vcpu_count));
         let line_status = devices.line_status_mirror();
-        let event_loop = EventLoop::new(
+        let mut event_loop = EventLoop::new(
             poll,
             waker.clone(),
             receiver,
@@ -291,6 +305,10 @@ impl Vm {
             states.clone(),
         )
         .map_err(VmError::EventLoop)?;
+        // The loop may spin briefly for the next exit only if it never competes with a vCPU.
+        if vcpu_count < host_cpus {
+            event_loop.set_linger(loop_linger());
+        }
         // Written when the loop thread ends, however it ends: the main thread waits on it.
         let loop_done = EventFd::new(EFD_NONBLOCK).map_err(io_err("eventfd"))?;
         let loop_done_writer = loop_done.try_clone().map_err(io_err("eventfd"))?;
@@ -314,6 +332,7 @@ impl Vm {
                 sender: sender.clone(),
                 waker: waker.clone(),
                 line_status: line_status.clone(),
+                states: states.clone(),
             };
             match spawn_vcpu(index, vcpu, link, stop.clone(), seccomp, states.clone()) {
                 Ok(handle) => handles.push(handle),

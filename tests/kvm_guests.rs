@@ -295,3 +295,74 @@ fn in_loopback_mode_the_loop_answers_line_status_reads() {
     assert!(run.console.ends_with("aZ"), "{:?}", run.console);
     assert_eq!(run.stats.pio_answered_on_vcpu, 0, "{:?}", run.stats);
 }
+
+/// Every vCPU writes `bytes` console bytes the way Linux does (LSR poll, then the byte), then
+/// counts itself done; vCPU 0 resets the machine once all are.
+fn console_flood_guest(vcpus: u8, bytes: u32) -> Vec<u8> {
+    assemble(|a| {
+        let counter = a.create_label();
+        let mut park = a.create_label();
+        let mut wait_lsr = a.create_label();
+        let mut wait_all = a.create_label();
+        a.mov(ecx, bytes)?;
+        // The next byte starts with its LSR poll.
+        a.set_label(&mut wait_lsr)?;
+        a.mov(dx, 0x3fdu32)?;
+        a.in_(al, dx)?;
+        a.test(al, 0x20u32)?;
+        a.jz(wait_lsr)?;
+        a.mov(dx, 0x3f8u32)?;
+        a.mov(rax, rdi)?;
+        a.add(al, b'a' as u32)?;
+        a.out(dx, al)?;
+        a.dec(ecx)?;
+        a.jnz(wait_lsr)?;
+        a.lock().inc(qword_ptr(counter))?;
+        a.test(rdi, rdi)?;
+        a.jnz(park)?;
+        a.set_label(&mut wait_all)?;
+        a.mov(rax, qword_ptr(counter))?;
+        a.cmp(rax, u32::from(vcpus) as i32)?;
+        a.jne(wait_all)?;
+        i8042_reset(a)?;
+        a.set_label(&mut park)?;
+        a.cli()?;
+        a.hlt()?;
+        a.jmp(park)?;
+        let mut counter_label = counter;
+        a.set_label(&mut counter_label)?;
+        a.dq(&[0])
+    })
+}
+
+/// The loop spins for the next exit only while every vCPU thread and the loop have a host CPU
+/// each; with more vCPU threads than host CPUs (4 on the 2-core development machines) it must
+/// sleep instead, and a console flood from every vCPU must still come through whole.
+#[test]
+fn a_console_flood_comes_through_whole_with_fewer_and_more_vcpus_than_host_cpus() {
+    if !kvm_available("a_console_flood_comes_through_whole") {
+        return;
+    }
+    let host_cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let bytes = 3000u32;
+    for vcpus in [1u8, 4, 8] {
+        let run = run_raw_guest(console_flood_guest(vcpus, bytes), vcpus, SeccompMode::Kill);
+        assert_eq!(
+            run.exit,
+            VmExit::Reset,
+            "{vcpus} vCPUs on {host_cpus} host CPUs"
+        );
+        for i in 0..vcpus {
+            let mine = run.console.bytes().filter(|&b| b == b'a' + i).count();
+            assert_eq!(
+                mine, bytes as usize,
+                "vCPU {i} of {vcpus} on {host_cpus} host CPUs"
+            );
+        }
+        assert_eq!(
+            run.stats.pio_answered_on_vcpu,
+            u64::from(bytes) * u64::from(vcpus),
+            "every LSR poll answered on its vCPU thread"
+        );
+    }
+}
