@@ -172,11 +172,10 @@ mod tests {
     }
 
     fn set_nonblocking(fd: RawFd) {
+        let new_flags = flags(fd) | libc::O_NONBLOCK;
         // SAFETY: fcntl(F_SETFL) with an integer argument.
-        assert_eq!(
-            unsafe { libc::fcntl(fd, libc::F_SETFL, flags(fd) | libc::O_NONBLOCK) },
-            0
-        );
+        let ret = unsafe { libc::fcntl(fd, libc::F_SETFL, new_flags) };
+        assert_eq!(ret, 0);
     }
 
     /// A pseudo-terminal's slave side, opened once and duplicated: like a shell's stdin and
@@ -246,16 +245,12 @@ mod tests {
         assert_eq!(flags(shared.as_raw_fd()) & libc::O_NONBLOCK, 0);
         // Writes through the private description reach the same pipe.
         // SAFETY: valid buffer of the given length.
-        assert_eq!(
-            unsafe { libc::write(write_end.as_raw_fd(), b"x".as_ptr().cast(), 1) },
-            1
-        );
+        let written = unsafe { libc::write(write_end.as_raw_fd(), b"x".as_ptr().cast(), 1) };
+        assert_eq!(written, 1);
         let mut byte = 0u8;
         // SAFETY: valid one-byte buffer.
-        assert_eq!(
-            unsafe { libc::read(read_end.as_raw_fd(), (&mut byte as *mut u8).cast(), 1) },
-            1
-        );
+        let read = unsafe { libc::read(read_end.as_raw_fd(), (&mut byte as *mut u8).cast(), 1) };
+        assert_eq!(read, 1);
         assert_eq!(byte, b'x');
 
         let file = tempfile::tempfile().unwrap();

@@ -429,7 +429,7 @@ mod tests {
         let mut serial = SerialConsole::new(irq, Box::new(sink.clone()));
         let flood = 1_000_000usize;
         for i in 0..flood {
-            serial.write(0, &[(i % 251) as u8]);
+            serial.write(0, &[u8::try_from(i % 251).unwrap()]);
             if i % 4096 == 0 {
                 serial.flush_output().unwrap(); // what the loop does every iteration
             }
@@ -447,7 +447,7 @@ mod tests {
         assert!(written
             .iter()
             .enumerate()
-            .all(|(i, &b)| b == (i % 251) as u8));
+            .all(|(i, &b)| usize::from(b) == i % 251));
     }
 
     #[test]

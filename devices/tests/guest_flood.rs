@@ -43,7 +43,7 @@ fn a_million_unread_writes_do_not_grow_memory() {
     for i in 0..WRITES {
         i8042.write(0, &[0xf4]); // keyboard byte: ACK queued
         i8042.write(4, &[commands[i % 3]]); // answered command
-        serial.write(0, &[b'a' + (i % 26) as u8]);
+        serial.write(0, &[b'a' + u8::try_from(i % 26).unwrap()]);
         if i % 65536 == 0 {
             serial.flush_output().unwrap(); // the loop's flush, which cannot write
         }

@@ -53,7 +53,8 @@ fn tx_and_rx_through_a_socketpair_backend_are_counted() {
         .mem
         .write_slice(&frame, GuestAddress(DATA_START))
         .unwrap();
-    driver.add_chain(TX, &[Buf::r(DATA_START, frame.len() as u32)]);
+    let len = u32::try_from(frame.len()).unwrap();
+    driver.add_chain(TX, &[Buf::r(DATA_START, len)]);
     driver.kick(TX);
     let mut got = vec![0u8; 4096];
     let n = host.read(&mut got).unwrap();

@@ -294,8 +294,8 @@ impl MmioTransport {
             VIRTIO_MMIO_DEVICE_ID => self.device.device_type(),
             VIRTIO_MMIO_VENDOR_ID => VENDOR_ID,
             VIRTIO_MMIO_DEVICE_FEATURES => match self.device_features_sel {
-                0 => self.device.avail_features() as u32,
-                1 => (self.device.avail_features() >> 32) as u32,
+                0 => super::low_u32(self.device.avail_features()),
+                1 => super::low_u32(self.device.avail_features() >> 32),
                 _ => 0,
             },
             VIRTIO_MMIO_QUEUE_NUM_MAX => {
@@ -441,7 +441,8 @@ impl BusDevice for MmioTransport {
             data.fill(0);
             return;
         }
-        let value = self.read_register(offset as u32);
+        // Below VIRTIO_MMIO_CONFIG (checked above), so it fits.
+        let value = self.read_register(u32::try_from(offset).unwrap_or(u32::MAX));
         data.copy_from_slice(&value.to_le_bytes());
     }
 
@@ -466,6 +467,8 @@ impl BusDevice for MmioTransport {
             rl_warn!("virtio-mmio: unaligned register write at {offset:#x} ignored");
             return;
         }
-        self.write_register(offset as u32, u32::from_le_bytes(bytes));
+        // Below VIRTIO_MMIO_CONFIG (checked above), so it fits.
+        let offset = u32::try_from(offset).unwrap_or(u32::MAX);
+        self.write_register(offset, u32::from_le_bytes(bytes));
     }
 }

@@ -74,7 +74,8 @@ impl Net {
     pub fn with_tap(tap: Tap, mac: [u8; 6]) -> Net {
         let mut config = [0u8; 8];
         config[..6].copy_from_slice(&mac);
-        config[6..8].copy_from_slice(&(VIRTIO_NET_S_LINK_UP as u16).to_le_bytes());
+        // The le16 status field: the low two bytes of the (small) constant.
+        config[6..8].copy_from_slice(&VIRTIO_NET_S_LINK_UP.to_le_bytes()[..2]);
         let avail_features = VIRTIO_F_VERSION_1
             | VIRTIO_RING_F_EVENT_IDX
             | VIRTIO_RING_F_INDIRECT_DESC
@@ -158,7 +159,8 @@ impl Net {
         match writer {
             Ok(mut writer) if writer.available_bytes() >= len => {
                 match writer.write_all(&self.rx_frame[..len]) {
-                    Ok(()) => len as u32,
+                    // len <= MAX_FRAME_LEN (the size of rx_frame), far below u32::MAX.
+                    Ok(()) => u32::try_from(len).unwrap_or(u32::MAX),
                     Err(e) => {
                         self.counters.errors += 1;
                         rl_warn!("virtio-net: cannot write RX frame to guest: {e}");
