@@ -65,6 +65,7 @@ fn run(port: u16, write: bool, count: u64) -> f64 {
         nets: Vec::new(),
         console_out: Box::new(Sink),
         console_in: None,
+        console_out_fd: None,
         seccomp: SeccompMode::Kill,
         watchdog: None,
     };

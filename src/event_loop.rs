@@ -22,6 +22,10 @@ use crate::vcpu::{AddressSpace, IoData, VcpuMessage, VcpuStop};
 const VCPU_TOKEN: Token = Token(0);
 const STDIN_TOKEN: Token = Token(1);
 const RESET_TOKEN: Token = Token(2);
+const CONSOLE_OUT_TOKEN: Token = Token(3);
+/// How long the loop keeps trying to hand the rest of the console output to a host that
+/// cannot take it (a full pipe, a stopped terminal) when the VM ends.
+const FINAL_FLUSH_LIMIT: Duration = Duration::from_secs(2);
 /// Tokens from here on name device event sources, in the order `Devices` lists them.
 const FIRST_DEVICE_TOKEN: usize = 16;
 
@@ -174,6 +178,7 @@ impl EventLoop {
                         self.read_console_input();
                         None
                     }
+                    CONSOLE_OUT_TOKEN => None, // flushed below, like after every wake-up
                     RESET_TOKEN => {
                         let _ = self.reset_evt.read();
                         Some(VmExit::Reset)
@@ -225,8 +230,29 @@ impl EventLoop {
         self.linger = limit;
     }
 
+    /// Watches `fd`, the console's output, for writability: console output the host could not
+    /// take yet is written when it can, never by blocking the loop. An fd epoll cannot watch
+    /// (a regular file) never makes a write wait anyway.
+    pub fn watch_console_output(&mut self, fd: RawFd) {
+        let interest = Interest::WRITABLE;
+        if let Err(e) =
+            self.poll
+                .registry()
+                .register(&mut SourceFd(&fd), CONSOLE_OUT_TOKEN, interest)
+        {
+            log::debug!("console output is not watched ({e}): writes to it cannot block");
+        }
+    }
+
     fn finish(&mut self) {
         self.flush_console();
+        // What the host could not take yet gets a last chance, bounded in time.
+        let start = Instant::now();
+        let mut events = Events::with_capacity(8);
+        while self.devices.serial.has_pending_output() && start.elapsed() < FINAL_FLUSH_LIMIT {
+            let _ = self.poll.poll(&mut events, Some(Duration::from_millis(50)));
+            self.flush_console();
+        }
         self.stats.console_bytes = self.devices.serial.bytes_out();
     }
 

@@ -80,6 +80,7 @@ fn run_vm(args: &RunArgs) -> Result<ExitCode, String> {
         nets: args.nets.clone(),
         console_out: Box::new(io::stdout()),
         console_in: Some(0),
+        console_out_fd: Some(1),
         seccomp,
         watchdog: args.watchdog.map(std::time::Duration::from_secs),
     };

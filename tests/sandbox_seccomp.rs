@@ -238,7 +238,8 @@ fn event_loop_filter_errno_mode_allows_device_io_only() {
             let (rd, wr) = pipe()?;
             // SAFETY: plain epoll instance creation.
             let epoll = ok("epoll_create1", unsafe { libc::epoll_create1(0) }
-                as libc::c_long)? as i32;
+                as libc::c_long)?;
+            let epoll = i32::try_from(epoll).map_err(|e| e.to_string())?;
             let tid = gettid();
             // SAFETY: no arguments.
             let pid = unsafe { libc::getpid() } as libc::c_long;
@@ -263,10 +264,8 @@ fn event_loop_filter_errno_mode_allows_device_io_only() {
             ok("read", read_fd(rd, &mut [0u8; 1]))?;
             let mut events = [libc::epoll_event { events: 0, u64: 0 }; 4];
             // SAFETY: events has room for 4 entries.
-            ok(
-                "epoll_wait",
-                unsafe { libc::epoll_wait(epoll, events.as_mut_ptr(), 4, 0) } as libc::c_long,
-            )?;
+            let ready = unsafe { libc::epoll_wait(epoll, events.as_mut_ptr(), 4, 0) };
+            ok("epoll_wait", libc::c_long::from(ready))?;
             // Allowed ioctl numbers reach the kernel (ENOTTY on a pipe), others do not.
             fails_with("ioctl TCGETS", ioctl(rd, libc::TCGETS), libc::ENOTTY)?;
             fails_with(
@@ -362,7 +361,7 @@ fn log_mode_lets_unlisted_calls_through() {
             install(ThreadKind::Vcpu, SeccompMode::Log)?;
             let fd = ok("socket under the log action", socket())?;
             // SAFETY: closing the socket we just created.
-            unsafe { libc::close(fd as i32) };
+            unsafe { libc::close(i32::try_from(fd).unwrap_or(-1)) };
             Ok(())
         },
     );
@@ -384,7 +383,7 @@ fn filter_is_per_thread() {
             filtered.join().map_err(|_| "filtered thread panicked")??;
             let fd = ok("socket on an unfiltered thread", socket())?;
             // SAFETY: closing the socket we just created.
-            unsafe { libc::close(fd as i32) };
+            unsafe { libc::close(i32::try_from(fd).unwrap_or(-1)) };
             Ok(())
         },
     );

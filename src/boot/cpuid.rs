@@ -171,8 +171,8 @@ mod tests {
         // Cache leaves: L1d, L1i, L2, L3 (type in [4:0], level in [7:5]), then the terminator.
         let caches = [(1, 1), (2, 1), (3, 2), (3, 3)];
         let mut entries = vec![leaf0, leaf1];
-        for (i, (ty, level)) in caches.iter().enumerate() {
-            let mut e = entry(4, i as u32, sig);
+        for (i, (ty, level)) in (0u32..).zip(caches.iter()) {
+            let mut e = entry(4, i, sig);
             e.eax = 0xfc00_0000 | 0x3ffc000 | (level << 5) | ty;
             e.ebx = 0x01c0_003f;
             entries.push(e);

@@ -65,6 +65,29 @@ pub const IOAPIC_START: u64 = 0xfec0_0000;
 pub const LAPIC_START: u64 = 0xfee0_0000;
 /// Smallest guest we accept: the boot tables and the kernel at HIMEM need at least 2 MiB.
 pub const MIN_MEM_BYTES: u64 = 2 << 20;
+
+// Volt runs x86-64 guests on x86-64 hosts only: guest sizes and addresses (u64) fit in usize.
+const _: () = assert!(usize::BITS == 64);
+
+/// A constant guest address below 4 GiB as the 32-bit field boot structures store it in;
+/// checked at compile time when used in a `const`.
+#[allow(clippy::cast_possible_truncation)] // asserted to fit just above
+pub const fn addr32(addr: u64) -> u32 {
+    assert!(addr <= u32::MAX as u64, "address above 4 GiB");
+    addr as u32
+}
+
+/// The low 32 bits of `value` (the first half of a split 64-bit boot-protocol field).
+#[allow(clippy::cast_possible_truncation)] // dropping the high half is the point
+pub const fn low_u32(value: u64) -> u32 {
+    value as u32
+}
+
+/// A guest memory size or offset as usize (lossless: see the assertion on usize::BITS).
+#[allow(clippy::cast_possible_truncation)] // usize is 64 bits here
+pub const fn to_usize(value: u64) -> usize {
+    value as usize
+}
 /// Page granularity for guest memory sizes.
 pub const PAGE_SIZE: u64 = 0x1000;
 
@@ -88,10 +111,10 @@ pub fn guest_ram_ranges(mem_bytes: u64) -> Vec<(GuestAddress, usize)> {
     let high = mem_bytes - low;
     let mut ranges = Vec::with_capacity(2);
     if low > 0 {
-        ranges.push((GuestAddress(0), low as usize));
+        ranges.push((GuestAddress(0), to_usize(low)));
     }
     if high > 0 {
-        ranges.push((GuestAddress(MMIO_GAP_END), high as usize));
+        ranges.push((GuestAddress(MMIO_GAP_END), to_usize(high)));
     }
     ranges
 }
@@ -128,7 +151,7 @@ mod tests {
         );
         assert_eq!(
             guest_ram_ranges(MMIO_GAP_START),
-            vec![(GuestAddress(0), MMIO_GAP_START as usize)]
+            vec![(GuestAddress(0), to_usize(MMIO_GAP_START))]
         );
         assert!(guest_ram_ranges(0).is_empty());
     }

@@ -219,8 +219,14 @@ mod tests {
 
         let p = zero_page(&mem);
         assert_eq!({ p.hdr.boot_flag }, 0xaa55);
-        assert_eq!({ p.hdr.cmd_line_ptr }, CMDLINE_START as u32);
-        assert_eq!({ p.hdr.cmdline_size }, cmdline.len() as u32 + 1);
+        assert_eq!(
+            { p.hdr.cmd_line_ptr },
+            u32::try_from(CMDLINE_START).unwrap()
+        );
+        assert_eq!(
+            { p.hdr.cmdline_size },
+            u32::try_from(cmdline.len() + 1).unwrap()
+        );
         let (addr, size) = ({ p.hdr.ramdisk_image }, { p.hdr.ramdisk_size });
         assert_eq!(size, 10_000);
         assert_eq!(

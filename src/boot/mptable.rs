@@ -13,7 +13,7 @@ use std::mem::size_of;
 
 use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::layout::{BIOS_ROM_START, EBDA_START, IOAPIC_START, LAPIC_START};
+use super::layout::{addr32, low_u32, BIOS_ROM_START, EBDA_START, IOAPIC_START, LAPIC_START};
 
 /// Largest vCPU count: APIC ids 0..=253 for CPUs, 254 for the I/O APIC, 255 is broadcast.
 pub const MAX_CPUS: u8 = 254;
@@ -210,7 +210,7 @@ fn build_mptable(num_cpus: u8, start: u64) -> Vec<u8> {
         apic_id: ioapic_id,
         apic_version: IOAPIC_VERSION,
         flags: IOAPIC_FLAG_ENABLED,
-        apic_addr: IOAPIC_START as u32,
+        apic_addr: const { addr32(IOAPIC_START) },
     };
     entries.extend_from_slice(ioapic.as_slice());
     for irq in 0..ISA_IRQS {
@@ -233,7 +233,8 @@ fn build_mptable(num_cpus: u8, start: u64) -> Vec<u8> {
 
     let mut header = MpConfigHeader {
         signature: *b"PCMP",
-        length: config_table_size(num_cpus) as u16,
+        // At most 44 + 255 * 20 + 20 + 8 + 16 * 8 bytes (num_cpus is a u8): fits in u16.
+        length: u16::try_from(config_table_size(num_cpus)).unwrap_or(u16::MAX),
         spec_rev: MPC_SPEC_REV,
         checksum: 0,
         oem_id: MPC_OEM_ID,
@@ -241,7 +242,7 @@ fn build_mptable(num_cpus: u8, start: u64) -> Vec<u8> {
         oem_table_ptr: 0,
         oem_table_size: 0,
         entry_count: u16::from(num_cpus) + 2 + u16::from(ISA_IRQS),
-        lapic_addr: LAPIC_START as u32,
+        lapic_addr: const { addr32(LAPIC_START) },
         ext_table_length: 0,
         ext_table_checksum: 0,
         reserved: 0,
@@ -251,8 +252,8 @@ fn build_mptable(num_cpus: u8, start: u64) -> Vec<u8> {
 
     let mut floating = MpFloatingPointer {
         signature: *b"_MP_",
-        physptr: config_start as u32,
-        length: 1, // in 16-byte paragraphs
+        physptr: low_u32(config_start), // in the EBDA, below 1 MiB
+        length: 1,                      // in 16-byte paragraphs
         spec_rev: MPC_SPEC_REV,
         checksum: 0,
         feature1: 0, // 0: a configuration table is present
@@ -387,7 +388,8 @@ mod tests {
         );
         for irq in 0..16usize {
             let e = &t[116 + irq * 8..116 + (irq + 1) * 8];
-            assert_eq!(e, &[3, 0, 0, 0, 0, irq as u8, cpus, irq as u8], "IRQ {irq}");
+            let irq8 = u8::try_from(irq).unwrap();
+            assert_eq!(e, &[3, 0, 0, 0, 0, irq8, cpus, irq8], "IRQ {irq}");
         }
         assert_eq!(116 + 16 * 8, mptable_size(cpus));
     }

@@ -130,9 +130,10 @@ pub fn setup_long_mode(
 
     let mut sregs = vcpu.get_sregs().map_err(kvm("read sregs"))?;
     sregs.gdt.base = GDT_START;
-    sregs.gdt.limit = (std::mem::size_of_val(&gdt) - 1) as u16;
+    // A 4-entry GDT (31) and a one-entry IDT (7): both limits fit in u16.
+    sregs.gdt.limit = u16::try_from(std::mem::size_of_val(&gdt) - 1).unwrap_or(u16::MAX);
     sregs.idt.base = IDT_START;
-    sregs.idt.limit = (std::mem::size_of::<u64>() - 1) as u16;
+    sregs.idt.limit = u16::try_from(std::mem::size_of::<u64>() - 1).unwrap_or(u16::MAX);
     sregs.cs = code;
     sregs.ds = data;
     sregs.es = data;
@@ -233,7 +234,7 @@ pub(crate) mod tests {
         for (slot, region) in mem.iter().enumerate() {
             let host = mem.get_host_address(region.start_addr()).unwrap();
             let region = kvm_userspace_memory_region {
-                slot: slot as u32,
+                slot: u32::try_from(slot).unwrap(),
                 guest_phys_addr: region.start_addr().0,
                 memory_size: region.len(),
                 userspace_addr: host as u64,
@@ -295,7 +296,13 @@ pub(crate) mod tests {
             (0x3f8, rsi.to_le_bytes().to_vec()),
             (0x3f8, 0x1122_3344u32.to_le_bytes().to_vec()),
             (0x3f8, 0x37fu32.to_le_bytes().to_vec()),
-            (0x3f8, (BOOT_STACK_POINTER as u32).to_le_bytes().to_vec()),
+            (
+                0x3f8,
+                u32::try_from(BOOT_STACK_POINTER)
+                    .unwrap()
+                    .to_le_bytes()
+                    .to_vec(),
+            ),
         ]
     }
 

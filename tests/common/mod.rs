@@ -89,6 +89,7 @@ pub fn run_raw_guest_with_disks(
         nets: Vec::new(),
         console_out: Box::new(console.clone()),
         console_in: None,
+        console_out_fd: None,
         seccomp,
         watchdog: None,
     };

@@ -1,7 +1,9 @@
 //! Driver-side test helpers: a guest virtio driver that programs `MmioTransport` through its
 //! registers and builds split virtqueues in guest memory, plus host-side tap helpers.
 //! Shared by the integration tests and the bench example.
-#![allow(dead_code)]
+// A test driver: it splits addresses into 32-bit register halves and builds small test values
+// on purpose, so truncating casts are intended here.
+#![allow(dead_code, clippy::cast_possible_truncation)]
 
 use std::fs::OpenOptions;
 use std::io;
