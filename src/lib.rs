@@ -9,6 +9,7 @@ pub mod clock;
 pub mod device_manager;
 pub mod event_loop;
 pub mod kernel_store;
+pub mod optional_devices;
 pub mod sandbox;
 pub mod terminal;
 pub mod vcpu;
