@@ -8,6 +8,7 @@
 #   --volt BIN  the volt binary (static, or dynamic: its ldd libraries are copied)
 #   --qemu      add qemu-system-x86_64, its libraries and its firmware (microvm's qboot)
 #   --bootmeasure  compile perf/bootmeasure.c statically into the payload
+#   --firecracker BIN  add a Firecracker binary (perf comparisons)
 # Dynamic binaries get a wrapper in bin/ that starts them through the payload's own ld.so, so the
 # outer guest needs no libraries of its own.
 set -euo pipefail
@@ -16,12 +17,13 @@ repo=$(cd "$here/../.." && pwd)
 out=${1:?usage: make-payload.sh OUT_DIR RUN_SCRIPT [--volt BIN] [--qemu] [--bootmeasure]}
 run_script=${2:?usage: make-payload.sh OUT_DIR RUN_SCRIPT [--volt BIN] [--qemu] [--bootmeasure]}
 shift 2
-volt= qemu=0 bootmeasure=0
+volt= qemu=0 bootmeasure=0 firecracker=
 while [ $# -gt 0 ]; do
   case $1 in
     --volt) volt=$2; shift 2 ;;
     --qemu) qemu=1; shift ;;
     --bootmeasure) bootmeasure=1; shift ;;
+    --firecracker) firecracker=$2; shift 2 ;;
     *) echo "make-payload: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -55,6 +57,7 @@ cp "$rootfs" "$out/rootfs.ext4"
 cp "$here/lib.sh" "$out/lib.sh"
 cp "$run_script" "$out/run"
 [ -n "$volt" ] && add_binary "$volt" volt
+[ -n "$firecracker" ] && add_binary "$firecracker" firecracker
 if [ "$qemu" = 1 ]; then
   command -v qemu-system-x86_64 >/dev/null || {
     apt-get update -qq >&2
