@@ -468,3 +468,35 @@ fn guest_memory_regions_with_a_gap_are_respected() {
     assert!(driver.pop_used(2).is_some());
     assert_eq!(resident_pages(&mem, 32 << 20, PAGE), 0);
 }
+
+#[test]
+fn a_statistics_buffer_posted_before_driver_ok_is_picked_up_at_activation() {
+    // Linux adds the first statistics buffer and kicks before it sets DRIVER_OK.
+    let (mut driver, metrics) = balloon(BalloonConfig {
+        stats_interval: Some(Duration::from_secs(60)),
+        ..BalloonConfig::default()
+    });
+    let offered = driver.device_features();
+    assert!(driver.negotiate((F_VERSION_1 | F_STATS_VQ | F_REPORTING) & offered));
+    for index in 0..4 {
+        driver.setup_queue(index, 64);
+    }
+    let buf = DATA_START + 0x8000;
+    let mut entry = 5u16.to_le_bytes().to_vec();
+    entry.extend_from_slice(&(256u64 << 20).to_le_bytes());
+    driver.mem.write_slice(&entry, GuestAddress(buf)).unwrap();
+    driver.add_chain(2, &[Buf::r(buf, 10)]);
+    driver.kick(2);
+    assert_eq!(
+        metrics.stats_updates.load(Ordering::Relaxed),
+        0,
+        "ignored before DRIVER_OK"
+    );
+    driver.write32(
+        REG_STATUS,
+        S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK,
+    );
+    assert_eq!(metrics.stats_updates.load(Ordering::Relaxed), 1);
+    assert_eq!(metrics.stat(5), Some(256 << 20));
+    assert_eq!(driver.pop_used(2), None, "held for the next interval");
+}

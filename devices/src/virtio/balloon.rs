@@ -629,9 +629,15 @@ impl VirtioDevice for Balloon {
     fn activate(
         &mut self,
         acked_features: u64,
-        _ctx: &mut QueueContext,
+        ctx: &mut QueueContext,
     ) -> Result<(), ActivateError> {
         self.roles = self.roles_for(acked_features);
+        // Linux primes the statistics queue and kicks it before DRIVER_OK, when the transport
+        // still ignores kicks: pick that first buffer up now. Nothing is returned to the driver
+        // here (the buffer is held), so no interrupt is needed.
+        if let Some(index) = self.roles.iter().position(|&r| r == Role::Stats) {
+            self.process_stats(index, ctx);
+        }
         Ok(())
     }
 
