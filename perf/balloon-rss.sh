@@ -25,7 +25,7 @@ done
 mode=$(resolve_mode "$mode") || { echo "SKIP: $mode_skip_reason"; exit 77; }
 args=()
 case " $vmms " in *" qemu "*) args+=(--qemu) ;; esac
-case " $vmms " in *" firecracker "*) args+=(--firecracker "$fc") ;; esac
+case " $vmms " in *" firecracker "*) args+=(--binary firecracker "$fc") ;; esac
 case " $vmms " in
   *" volt "*)
     if [ -z "$volt" ]; then

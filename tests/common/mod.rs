@@ -102,6 +102,7 @@ pub fn run_raw_guest_configured(
         console_out: Box::new(console.clone()),
         console_in: None,
         seccomp,
+        watchdog: None,
     };
     configure(&mut config);
     let (exit, stats) = Vm::run(config).expect("the VM runs");
