@@ -63,6 +63,8 @@ fn run(port: u16, write: bool, count: u64) -> f64 {
         },
         disks: Vec::new(),
         nets: Vec::new(),
+        rng: false,
+        balloon: None,
         console_out: Box::new(Sink),
         console_in: None,
         console_out_fd: None,

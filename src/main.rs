@@ -78,6 +78,8 @@ fn run_vm(args: &RunArgs) -> Result<ExitCode, String> {
         },
         disks: args.disks.clone(),
         nets: args.nets.clone(),
+        rng: !args.no_rng,
+        balloon: args.balloon_config(),
         console_out: Box::new(io::stdout()),
         console_in: Some(0),
         console_out_fd: Some(1),

@@ -33,6 +33,7 @@ use crate::device_manager::{
     VIRTIO_MMIO_QUEUE_NOTIFY,
 };
 use crate::event_loop::{EventLoop, LoopStats, VmExit};
+use crate::optional_devices;
 use crate::sandbox::{apply_seccomp, SeccompMode, ThreadKind};
 use crate::thread_report::{wait_reporting, ReportSignal, ThreadStates};
 use crate::vcpu::{spawn_vcpu, LoopLink, VcpuHandle, VcpuMessage};
@@ -74,6 +75,10 @@ pub struct VmConfig {
     /// The first disk is /dev/vda.
     pub disks: Vec<DiskConfig>,
     pub nets: Vec<NetConfig>,
+    /// A virtio-rng entropy device.
+    pub rng: bool,
+    /// A virtio-balloon, if any.
+    pub balloon: Option<devices::virtio::BalloonConfig>,
     /// Where the guest's serial console goes.
     pub console_out: Box<dyn Write + Send>,
     /// Host input for the guest's serial console (stdin), if any.
@@ -128,7 +133,9 @@ pub enum VmError {
         tap: String,
         source: devices::virtio::NetError,
     },
-    #[error("too many virtio devices: at most {} disks and network cards together", VIRTIO_IRQS.len())]
+    #[error(transparent)]
+    OptionalDevice(#[from] crate::optional_devices::OptionalDeviceError),
+    #[error("too many virtio devices: at most {} disks, network cards, rng and balloon together (--no-rng frees one)", VIRTIO_IRQS.len())]
     TooManyDevices,
     #[error("the event loop failed: {0}")]
     EventLoop(io::Error),
@@ -192,7 +199,7 @@ impl Vm {
         create_interrupt_controllers(&vm_fd)?;
 
         // Devices first: a missing disk or tap is reported before any kernel work.
-        let virtio = create_virtio_devices(&vm_fd, &mem, &config.disks, &config.nets)?;
+        let virtio = create_virtio_devices(&vm_fd, &mem, &config)?;
         let entry = match &config.boot {
             BootSource::Linux {
                 kernel,
@@ -464,24 +471,30 @@ pub fn full_cmdline(base: &str, disks: &[DiskConfig], virtio: &[VirtioSlot]) -> 
 fn create_virtio_devices(
     vm_fd: &VmFd,
     mem: &GuestMemoryMmap,
-    disks: &[DiskConfig],
-    nets: &[NetConfig],
+    config: &VmConfig,
 ) -> Result<Vec<VirtioSlot>, VmError> {
     let mut models: Vec<Box<dyn VirtioDevice>> = Vec::new();
-    for disk in disks {
+    for disk in &config.disks {
         let block = Block::new(&disk.path, disk.read_only).map_err(|source| VmError::Disk {
             path: disk.path.clone(),
             source,
         })?;
         models.push(Box::new(block));
     }
-    for net in nets {
+    for net in &config.nets {
         let card = Net::new(&net.tap, net.mac).map_err(|source| VmError::Net {
             tap: net.tap.clone(),
             source,
         })?;
         models.push(Box::new(card));
     }
+    // After disks and nets, so the first disk stays /dev/vda at the first window.
+    let balloon = config.balloon.as_ref();
+    models.extend(optional_devices::create(
+        config.rng,
+        balloon,
+        config.mem_bytes,
+    )?);
     let mut slots = Vec::with_capacity(models.len());
     for (index, model) in models.into_iter().enumerate() {
         let (base, irq) = virtio_slot(index).ok_or(VmError::TooManyDevices)?;

@@ -259,6 +259,57 @@ fn guest_answers_ping_over_tap() {
     );
 }
 
+/// A `HOST-... <number>` line the payload added to a case (e.g. the balloon's RSS samples).
+fn host_number(case: &BootCase, prefix: &str) -> Option<u64> {
+    case.stderr
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(prefix))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[test]
+#[ignore = "boots real Linux on a real KVM (nested); run with --ignored"]
+fn guest_reads_random_bytes_from_hwrng() {
+    let name = "rootfs-cpus1";
+    let Some(case) = boot(name) else { return };
+    let marker = case.marker_value("VOLT-HWRNG-OK ");
+    assert!(
+        marker
+            .as_deref()
+            .is_some_and(|m| m.contains("rng=virtio_rng")),
+        "{name}: /dev/hwrng from virtio-rng\n--- serial ---\n{}\n--- stderr ---\n{}",
+        case.serial,
+        case.stderr
+    );
+}
+
+#[test]
+#[ignore = "boots real Linux on a real KVM (nested); run with --ignored"]
+fn memory_the_guest_frees_goes_back_to_the_host() {
+    // The guest filled 128 MiB of tmpfs, then freed it; free page reporting must hand at least
+    // 100 MiB of it back: the VMM's resident memory drops by that much.
+    let name = "rootfs-cpus2";
+    let Some(case) = boot(name) else { return };
+    assert_serial_contains(name, case, "VOLT-BALLOON-DONE");
+    let start = host_number(case, "HOST-RSS-START-KB ");
+    let filled = host_number(case, "HOST-RSS-FILLED-KB ");
+    let freed = host_number(case, "HOST-RSS-FREED-KB ");
+    eprintln!("{name}: VMM RSS start {start:?} KiB, filled {filled:?} KiB, freed {freed:?} KiB");
+    let (Some(filled), Some(freed)) = (filled, freed) else {
+        panic!(
+            "{name}: no RSS samples\n--- serial ---\n{}\n--- stderr ---\n{}",
+            case.serial, case.stderr
+        );
+    };
+    assert!(
+        filled >= freed + 100 * 1024,
+        "{name}: RSS {filled} KiB with 128 MiB in use, {freed} KiB after freeing it: \
+         less than 100 MiB came back\n--- serial ---\n{}\n--- stderr ---\n{}",
+        case.serial,
+        case.stderr
+    );
+}
+
 #[test]
 fn case_parser_splits_serial_stderr_and_status() {
     let text =
@@ -271,6 +322,11 @@ fn case_parser_splits_serial_stderr_and_status() {
     assert_eq!(a.init_cpus(), Some(3));
     assert_eq!(a.marker_value("VOLT-PERSIST ").as_deref(), Some("old"));
     assert!(a.has_host_line("HOST-PING-OK 10.0.2.15"));
+    let b = &parse_cases(
+        "VOLT-CASE-BEGIN b\nVOLT-CASE-STDERR\nHOST-RSS-FREED-KB 2048\nVOLT-CASE-END b status=0\n",
+    )["b"];
+    assert_eq!(host_number(b, "HOST-RSS-FREED-KB "), Some(2048));
+    assert_eq!(host_number(b, "HOST-RSS-FILLED-KB "), None);
     assert!(!a.serial.contains("log line"));
     assert!(Path::new(&repo_root().join("tests/nested/run-e2e.sh")).exists());
 }

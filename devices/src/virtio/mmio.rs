@@ -256,10 +256,12 @@ impl MmioTransport {
         for queue in &mut self.queues {
             queue.set_event_idx(event_idx);
         }
-        // Every device needs all of its queues: check them here, once, for all devices.
+        // Check every queue the device needs here, once, for all devices.
+        let needed = self.device.queues_needed(self.acked_features);
         let not_ready = self
             .queues
             .iter()
+            .take(needed)
             .position(|queue| !queue.is_valid(&self.mem));
         let mut ctx = QueueContext {
             mem: &self.mem,

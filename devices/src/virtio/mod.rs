@@ -12,12 +12,15 @@
 //! [`MmioTransport::handle_event_source`]; the `irq_evt` given to [`MmioTransport::new`] is
 //! the KVM irqfd of the device's interrupt line.
 
+mod balloon;
 // TODO(issue 12): block.rs is being rewritten for io_uring; its casts are fixed at that merge.
 #[allow(clippy::cast_possible_truncation)]
 mod block;
 mod mmio;
 mod net;
+mod rng;
 mod tap;
+mod timer;
 
 use std::os::unix::io::RawFd;
 
@@ -25,9 +28,11 @@ use thiserror::Error;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 
+pub use balloon::{Balloon, BalloonConfig, BalloonMetrics, BALLOON_STATS_TAGS};
 pub use block::{Block, BlockError};
 pub use mmio::MmioTransport;
 pub use net::{Net, NetError};
+pub use rng::{Rng, RngConfig, RngMetrics, MAX_REQUEST_BYTES as RNG_MAX_REQUEST_BYTES};
 pub use tap::{Tap, TapError};
 
 /// Feature bit: the device complies with virtio 1.x (mandatory for this transport).
@@ -70,6 +75,11 @@ pub trait VirtioDevice: Send {
     fn device_type(&self) -> u32;
     /// Maximum size of each queue; its length is the number of queues.
     fn queue_max_sizes(&self) -> &[u16];
+    /// How many queues (from index 0) the driver must set up for `acked_features`; all of
+    /// them by default. A device whose queues depend on features (the balloon) says fewer.
+    fn queues_needed(&self, _acked_features: u64) -> usize {
+        self.queue_max_sizes().len()
+    }
     /// Feature bits the device offers (must include `VIRTIO_F_VERSION_1`).
     fn avail_features(&self) -> u64;
     /// Reads `data.len()` bytes of device config space at `offset`. Bytes past the end read 0.
@@ -109,6 +119,12 @@ pub trait VirtioDevice: Send {
 #[allow(clippy::cast_possible_truncation)] // dropping the high half is the point
 pub(crate) fn low_u32(value: u64) -> u32 {
     value as u32
+}
+
+/// Whether the `count`-th occurrence of a guest-triggerable problem should be logged: the
+/// first few, then only at powers of two, so a hostile guest cannot flood the host's log.
+pub(crate) fn log_allowed(count: u64) -> bool {
+    count <= 4 || count.is_power_of_two()
 }
 
 /// Tests whether feature `bit` is set in `features`.

@@ -191,7 +191,11 @@ pub fn guest_memory() -> GuestMemoryMmap {
 
 impl Driver {
     pub fn new(device: Box<dyn VirtioDevice>) -> Driver {
-        let mem = guest_memory();
+        Driver::with_memory(device, guest_memory())
+    }
+
+    /// A driver over caller-made guest memory (e.g. several regions).
+    pub fn with_memory(device: Box<dyn VirtioDevice>, mem: GuestMemoryMmap) -> Driver {
         let irq = EventFd::new(EFD_NONBLOCK).unwrap();
         let transport = MmioTransport::new(device, mem.clone(), irq.try_clone().unwrap()).unwrap();
         Driver {
