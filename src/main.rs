@@ -81,6 +81,7 @@ fn run_vm(args: &RunArgs) -> Result<ExitCode, String> {
         console_out: Box::new(io::stdout()),
         console_in: Some(0),
         seccomp,
+        acpi: args.acpi,
     };
     let vm = Vm::build(config).map_err(|e| e.to_string())?;
 

@@ -20,6 +20,7 @@ use vm_memory::{
 };
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use devices::acpi_sleep::AcpiSleep;
 use devices::i8042::I8042;
 use devices::serial::SerialConsole;
 use devices::virtio::{Block, MmioTransport, Net, VirtioDevice};
@@ -75,6 +76,8 @@ pub struct VmConfig {
     /// Host input for the guest's serial console (stdin), if any.
     pub console_in: Option<RawFd>,
     pub seccomp: SeccompMode,
+    /// ACPI tables beside the MP table (`--acpi on|off`).
+    pub acpi: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -203,6 +206,11 @@ impl Vm {
                 None
             }
         };
+        if config.acpi {
+            // Every virtio-mmio slot, whatever its device, appears in the DSDT.
+            let windows: Vec<_> = virtio.iter().map(VirtioSlot::acpi_device).collect();
+            boot::write_acpi_tables(&mem, config.vcpus, &windows)?;
+        }
 
         let supported_cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -226,11 +234,12 @@ impl Vm {
             .map_err(kvm_err("KVM_IRQFD (serial)"))?;
         let reset_evt = EventFd::new(EFD_NONBLOCK).map_err(io_err("eventfd"))?;
         let i8042 = I8042::new(reset_evt.try_clone().map_err(io_err("eventfd"))?);
-        let devices = Devices::new(
+        let mut devices = Devices::new(
             SerialConsole::new(serial_irq, config.console_out),
             i8042,
             virtio,
         );
+        devices.acpi_sleep = config.acpi.then(AcpiSleep::new);
 
         Ok(Vm {
             _kvm: kvm,
