@@ -11,5 +11,6 @@ pub mod event_loop;
 pub mod kernel_store;
 pub mod sandbox;
 pub mod terminal;
+pub mod thread_report;
 pub mod vcpu;
 pub mod vm;

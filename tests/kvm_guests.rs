@@ -173,3 +173,48 @@ fn a_vcpu_waiting_for_a_read_when_the_guest_resets_does_not_hang_the_teardown() 
         assert_eq!(run.exit, VmExit::Reset);
     }
 }
+
+#[test]
+fn string_port_io_of_any_length_reaches_the_device_whole() {
+    if !kvm_available("string_port_io_of_any_length") {
+        return;
+    }
+    // 4 KiB of text in one `rep outsb` (one exit carrying a page of data), then 16 bytes of the
+    // UART's line status register (0x60: transmitter empty) read with one `rep insb` and echoed.
+    let text: Vec<u8> = (0..4096u32)
+        .map(|i| {
+            if i % 64 == 63 {
+                b'\n'
+            } else {
+                b'a' + (i % 26) as u8
+            }
+        })
+        .collect();
+    let code = assemble(|a| {
+        let data = a.create_label();
+        let buffer = a.create_label();
+        a.lea(rsi, ptr(data))?;
+        a.mov(rcx, 4096u64)?;
+        a.mov(dx, 0x3f8u32)?;
+        a.rep().outsb()?;
+        a.lea(rdi, ptr(buffer))?;
+        a.mov(rcx, 16u64)?;
+        a.mov(dx, 0x3fdu32)?;
+        a.rep().insb()?;
+        a.lea(rsi, ptr(buffer))?;
+        a.mov(rcx, 16u64)?;
+        a.mov(dx, 0x3f8u32)?;
+        a.rep().outsb()?;
+        i8042_reset(a)?;
+        a.set_label(&mut { data })?;
+        a.db(&text)?;
+        a.set_label(&mut { buffer })?;
+        a.db(&[0xaa; 16])
+    });
+    let run = run_raw_guest(code, 1, SeccompMode::Kill);
+    let mut expected = String::from_utf8(text).unwrap();
+    expected.push_str(&"`".repeat(16));
+    assert_eq!(run.console.len(), expected.len(), "{:?}", run.stats);
+    assert_eq!(run.console, expected);
+    assert_eq!(run.exit, VmExit::Reset);
+}
