@@ -265,10 +265,18 @@ fn built_kernel_reports_vcpu_count_and_reboot_ends_vmm() {
         assert_exited_cleanly(name, case);
     }
     // The project's kernel is built with ACPI: with acpi=off it finds its CPUs in the MP table.
-    let Some(case) = boot("rootfs-cpus2") else { return };
+    let Some(case) = boot("rootfs-cpus2") else {
+        return;
+    };
     assert_serial_contains("rootfs-cpus2", case, "MPTABLE: OEM ID: NOVAFLAR");
-    let Some(case) = boot("rootfs-cpus4-net") else { return };
-    assert_serial_contains("rootfs-cpus4-net", case, "Using ACPI (MADT) for SMP configuration");
+    let Some(case) = boot("rootfs-cpus4-net") else {
+        return;
+    };
+    assert_serial_contains(
+        "rootfs-cpus4-net",
+        case,
+        "Using ACPI (MADT) for SMP configuration",
+    );
 }
 
 #[test]
