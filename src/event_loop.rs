@@ -54,6 +54,8 @@ impl VmExit {
 pub struct LoopStats {
     pub pio_exits: u64,
     pub mmio_exits: u64,
+    /// Port reads the vCPU threads answered without the loop (see [`crate::fast_path`]).
+    pub pio_answered_on_vcpu: u64,
     /// Accesses no device claimed: (address space, address, is write).
     pub unhandled: Vec<(AddressSpace, u64, bool)>,
     pub console_bytes: u64,
@@ -278,7 +280,7 @@ impl EventLoop {
                     self.stdin = None;
                     return;
                 }
-                Ok(n) => self.devices.serial.queue_input(&buf[..n]),
+                Ok(n) => self.devices.queue_console_input(&buf[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod clock;
 pub mod device_manager;
 pub mod event_loop;
+pub mod fast_path;
 pub mod kernel_store;
 pub mod sandbox;
 pub mod terminal;

@@ -107,9 +107,10 @@ fn run_vm(args: &RunArgs) -> Result<ExitCode, String> {
     let (exit, stats) = running.wait().map_err(|e| e.to_string())?;
     let _ = io::stdout().flush();
     log::info!(
-        "guest ended ({exit:?}) after {} ms: {} port and {} MMIO exits, {} console bytes",
+        "guest ended ({exit:?}) after {} ms: {} port exits (+{} answered on the vCPU threads) and {} MMIO exits, {} console bytes",
         clock::since_start().as_millis(),
         stats.pio_exits,
+        stats.pio_answered_on_vcpu,
         stats.mmio_exits,
         stats.console_bytes
     );

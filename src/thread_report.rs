@@ -107,6 +107,8 @@ pub struct VcpuState {
     access: AtomicU64,
     /// Exits handed to the loop so far.
     exits: AtomicU64,
+    /// Exits answered on the vCPU thread (see [`crate::fast_path`]).
+    local: AtomicU64,
 }
 
 impl VcpuState {
@@ -117,6 +119,11 @@ impl VcpuState {
 
     pub fn set(&self, phase: VcpuPhase) {
         self.phase.store(phase as u8, Ordering::Relaxed);
+    }
+
+    /// The thread answered an exit itself.
+    pub fn answered_locally(&self) {
+        self.local.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The thread hands `access` to the loop.
@@ -173,6 +180,14 @@ impl ThreadStates {
         }
     }
 
+    /// Exits the vCPU threads answered themselves, all together.
+    pub fn answered_locally(&self) -> u64 {
+        self.vcpus
+            .iter()
+            .map(|v| v.local.load(Ordering::Relaxed))
+            .sum()
+    }
+
     /// A number that grows whenever any thread makes progress.
     pub fn progress(&self) -> u64 {
         let exits: u64 = self
@@ -181,6 +196,7 @@ impl ThreadStates {
             .map(|v| v.exits.load(Ordering::Relaxed))
             .sum();
         exits
+            .wrapping_add(self.answered_locally())
             .wrapping_add(self.event_loop.wakeups.load(Ordering::Relaxed))
             .wrapping_add(self.event_loop.messages.load(Ordering::Relaxed))
     }
@@ -204,8 +220,9 @@ impl ThreadStates {
             };
             let _ = writeln!(
                 out,
-                "  vcpu{index} (tid {}): {phase}; {exits} exits so far, last a {access}",
-                vcpu.tid.load(Ordering::Relaxed)
+                "  vcpu{index} (tid {}): {phase}; {exits} exits handed to the loop (last a {access}), {} answered itself",
+                vcpu.tid.load(Ordering::Relaxed),
+                vcpu.local.load(Ordering::Relaxed)
             );
         }
         let l = &self.event_loop;
@@ -231,8 +248,10 @@ impl ThreadStates {
 }
 
 fn gettid() -> u32 {
+    // The raw system call: in a static glibc build the `gettid` wrapper can resolve to a null
+    // weak symbol (a call through it crashed the static release build).
     // SAFETY: gettid has no arguments and cannot fail.
-    let tid = unsafe { libc::gettid() };
+    let tid = unsafe { libc::syscall(libc::SYS_gettid) };
     u32::try_from(tid).unwrap_or(0)
 }
 

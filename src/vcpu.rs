@@ -18,6 +18,8 @@ use mio::Waker;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::clock;
+use crate::device_manager::{is_serial_port, SERIAL_LSR_PORT, SERIAL_PORT_BASE};
+use crate::fast_path::LineStatusMirror;
 use crate::sandbox::{apply_seccomp, SeccompMode, ThreadKind};
 use crate::thread_report::{Access, ThreadStates, VcpuPhase, VcpuState};
 
@@ -99,6 +101,8 @@ pub enum VcpuMessage {
 pub struct LoopLink {
     pub sender: Sender<VcpuMessage>,
     pub waker: Arc<Waker>,
+    /// UART line status reads are answered from here when the loop published a value.
+    pub line_status: LineStatusMirror,
 }
 
 impl LoopLink {
@@ -255,11 +259,31 @@ fn run_vcpu(
         let delivered = match vcpu.run() {
             // A string instruction (`rep outsb`, `rep insw`, ...) exits once with up to a page of
             // data: `count` accesses of `size` bytes, each of which the device must see.
+            Ok(VcpuExit::IoIn(port, data))
+                if u64::from(port) == SERIAL_LSR_PORT && data.len() == 1 =>
+            {
+                match link.line_status.get() {
+                    Some(lsr) => {
+                        data[0] = lsr;
+                        state.answered_locally();
+                        true
+                    }
+                    None => read(AddressSpace::Pio, port.into(), data),
+                }
+            }
+            // A string instruction (`rep outsb`, `rep insw`, ...) exits once with up to a page of
+            // data: `count` accesses of `size` bytes, each of which the device must see.
             Ok(VcpuExit::IoOut(port, data)) => {
                 let len = data.len().min(pio_buf.len());
                 pio_buf[..len].copy_from_slice(&data[..len]);
                 let size = pio_access_size(&mut vcpu);
+                // UART mode changes take effect before the guest goes on: the loop republishes
+                // the line status the fast path answers from (see crate::fast_path).
+                let wait = is_serial_port(port.into()) && port != SERIAL_PORT_BASE;
                 pio_buf[..len].chunks(size).all(|chunk| {
+                    if wait {
+                        return write_and_wait(AddressSpace::Pio, port.into(), chunk);
+                    }
                     state.sending(access(AddressSpace::Pio, port.into(), true, chunk.len()));
                     link.send(VcpuMessage::Write {
                         vcpu: index,

@@ -289,6 +289,7 @@ impl Vm {
         let waker = Arc::new(Waker::new(poll.registry(), Token(0)).map_err(io_err("waker"))?);
         let vcpu_count = vcpus.len();
         let states = Arc::new(ThreadStates::new(vcpu_count));
+        let line_status = devices.line_status_mirror();
         let event_loop = EventLoop::new(
             poll,
             waker.clone(),
@@ -321,6 +322,7 @@ impl Vm {
             let link = LoopLink {
                 sender: sender.clone(),
                 waker: waker.clone(),
+                line_status: line_status.clone(),
             };
             match spawn_vcpu(index, vcpu, link, stop.clone(), seccomp, states.clone()) {
                 Ok(handle) => handles.push(handle),
@@ -409,7 +411,10 @@ impl RunningVm {
         self.stop.store(true, Ordering::Release);
         self.vcpus.into_iter().for_each(VcpuHandle::stop_and_join);
         match result {
-            Ok(Ok(outcome)) => Ok(outcome),
+            Ok(Ok((exit, mut stats))) => {
+                stats.pio_answered_on_vcpu = self.states.answered_locally();
+                Ok((exit, stats))
+            }
             Ok(Err(e)) => Err(VmError::EventLoop(e)),
             Err(_) => Err(VmError::EventLoopPanicked),
         }

@@ -10,8 +10,13 @@ use std::process::{Command, Output};
 use common::*;
 use iced_x86::code_asm::*;
 
+/// This build's volt, or the binary `VOLT_TEST_BIN` names (tests/run.sh runs these tests again
+/// against the release builds users run: the dynamic one and the static one).
 fn volt() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_volt"))
+    match std::env::var_os("VOLT_TEST_BIN") {
+        Some(bin) => Command::new(bin),
+        None => Command::new(env!("CARGO_BIN_EXE_volt")),
+    }
 }
 
 /// An ELF64 executable whose single PT_LOAD puts `code` at the guest load address, with the

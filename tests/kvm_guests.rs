@@ -265,3 +265,80 @@ fn other_sleep_states_do_not_end_the_vm() {
     assert_eq!(run.console, "still here\n");
     assert_eq!(run.exit, VmExit::Reset);
 }
+
+/// Prints `text` the way Linux's 8250 console does: the line status register before each byte.
+fn print_polling_lsr(a: &mut CodeAssembler, text: &[u8]) -> Result<(), IcedError> {
+    for &byte in text {
+        let mut wait = a.create_label();
+        a.set_label(&mut wait)?;
+        a.mov(dx, 0x3fdu32)?;
+        a.in_(al, dx)?;
+        a.test(al, 0x20u32)?;
+        a.jz(wait)?;
+        a.mov(dx, 0x3f8u32)?;
+        a.mov(al, u32::from(byte))?;
+        a.out(dx, al)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn line_status_reads_are_answered_on_the_vcpu_thread() {
+    if !kvm_available("line_status_reads_are_answered_on_the_vcpu_thread") {
+        return;
+    }
+    let text = b"every byte polls the LSR first\n";
+    let code = assemble(|a| {
+        print_polling_lsr(a, text)?;
+        i8042_reset(a)
+    });
+    let run = run_raw_guest(code, 1, SeccompMode::Kill);
+    assert_eq!(run.console.as_bytes(), text);
+    assert_eq!(
+        run.stats.pio_answered_on_vcpu,
+        text.len() as u64,
+        "{:?}",
+        run.stats
+    );
+    // The loop saw the data writes and the reset, not the LSR reads.
+    assert!(
+        run.stats.pio_exits <= text.len() as u64 + 2,
+        "{:?}",
+        run.stats
+    );
+}
+
+#[test]
+fn in_loopback_mode_the_loop_answers_line_status_reads() {
+    if !kvm_available("in_loopback_mode_the_loop_answers_line_status_reads") {
+        return;
+    }
+    // MCR loopback on, send 'Z' (it lands in the receiver), read LSR and RBR, loopback off,
+    // then print what was read: the LSR must show data ready (0x61 = 'a') and RBR the 'Z'.
+    let code = assemble(|a| {
+        a.mov(dx, 0x3fcu32)?;
+        a.mov(al, 0x10u32)?;
+        a.out(dx, al)?;
+        a.mov(dx, 0x3f8u32)?;
+        a.mov(al, u32::from(b'Z'))?;
+        a.out(dx, al)?;
+        a.mov(dx, 0x3fdu32)?;
+        a.in_(al, dx)?;
+        a.mov(bl, al)?;
+        a.mov(dx, 0x3f8u32)?;
+        a.in_(al, dx)?;
+        a.mov(cl, al)?;
+        a.mov(dx, 0x3fcu32)?;
+        a.mov(al, 0u32)?;
+        a.out(dx, al)?;
+        a.mov(dx, 0x3f8u32)?;
+        a.mov(al, bl)?;
+        a.out(dx, al)?;
+        a.mov(al, cl)?;
+        a.out(dx, al)?;
+        i8042_reset(a)
+    });
+    let run = run_raw_guest(code, 1, SeccompMode::Kill);
+    assert!(run.console.ends_with("aZ"), "{:?}", run.console);
+    assert_eq!(run.stats.pio_answered_on_vcpu, 0, "{:?}", run.stats);
+}
