@@ -48,6 +48,8 @@ export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs dev /dev 2>/dev/null
+# Had the kernel no /dev/console to open before /init, the console is only there now.
+[ -t 1 ] || exec 0</dev/console 1>/dev/console 2>&1
 for m in $(cat /lib/modules/load-order); do
   insmod "/lib/modules/$m" || echo "VOLT-INSMOD-FAILED $m"
 done
