@@ -8,7 +8,8 @@
 //!
 //! Environment: `VOLT_E2E_VMM=qemu` runs the same boots under QEMU microvm (to check the harness
 //! itself); `VOLT_E2E_BIN=PATH` boots that volt binary instead of this build's;
-//! `VOLT_E2E_MODE=direct|nested` overrides the automatic choice.
+//! `VOLT_E2E_MODE=direct|nested` overrides the automatic choice; `VOLT_E2E_LOG=PATH` saves the
+//! run's whole output.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -117,6 +118,10 @@ fn e2e() -> &'static E2eRun {
             .output()
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        // VOLT_E2E_LOG=PATH keeps the whole run (every boot's console), passing cases included.
+        if let Ok(path) = std::env::var("VOLT_E2E_LOG") {
+            let _ = std::fs::write(path, &stdout);
+        }
         if out.status.code() == Some(77) {
             let reason = stdout
                 .lines()
