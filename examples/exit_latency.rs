@@ -70,6 +70,7 @@ fn run(port: u16, write: bool, count: u64) -> f64 {
         console_out_fd: None,
         seccomp: SeccompMode::Kill,
         watchdog: None,
+        acpi: true,
     };
     let start = Instant::now();
     Vm::run(config).expect("the VM runs");

@@ -114,6 +114,13 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_landlock: bool,
 
+    /// ACPI tables (RSDP, XSDT, FADT, MADT, DSDT) beside the MP table: `on` (default) or `off`.
+    /// `off` leaves the MP table and the command-line device announcements only, e.g. to check
+    /// that a kernel still finds its CPUs through the MP table.
+    #[arg(long, default_value = "on", value_name = "on|off", value_parser = parse_on_off,
+          action = clap::ArgAction::Set)]
+    pub acpi: bool,
+
     /// Print every thread's seccomp allow-list and exit.
     #[arg(long)]
     pub print_seccomp: bool,
@@ -285,6 +292,14 @@ fn host_memory_bytes() -> u64 {
         return 0;
     }
     pages as u64 * page_size as u64
+}
+
+fn parse_on_off(value: &str) -> Result<bool, String> {
+    match value {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("'{value}' is neither 'on' nor 'off'")),
+    }
 }
 
 fn parse_disk(value: &str) -> Result<DiskConfig, String> {
@@ -492,6 +507,18 @@ mod tests {
         let err = parse(&["--balloon-target", "64M"]).unwrap_err().to_string();
         assert!(err.contains("--balloon"), "{err}");
         assert!(parse(&["--balloon", "--balloon-target", "lots"]).is_err());
+    }
+
+    #[test]
+    fn acpi_is_on_unless_turned_off() {
+        assert!(parse(&[]).unwrap().run.acpi);
+        assert!(parse(&["--acpi", "on"]).unwrap().run.acpi);
+        assert!(!parse(&["--acpi", "off"]).unwrap().run.acpi);
+        for bad in ["yes", "", "OFF", "0"] {
+            let err = parse(&["--acpi", bad]).unwrap_err().to_string();
+            assert!(err.contains("--acpi"), "{bad}: {err}");
+        }
+        assert!(parse(&["--acpi"]).is_err(), "the value is required");
     }
 
     #[test]

@@ -40,13 +40,15 @@ pub enum VmExit {
     VcpuError { vcpu: usize, message: String },
     /// Every vCPU stopped on its own without a reset (e.g. halted without an irqchip).
     AllVcpusStopped,
+    /// The guest powered off through the ACPI sleep registers (S5, `poweroff`): a clean end.
+    PowerOff,
 }
 
 impl VmExit {
     /// The process exit status `volt` reports for this end.
     pub fn exit_code(&self) -> i32 {
         match self {
-            VmExit::Reset | VmExit::Shutdown { .. } => 0,
+            VmExit::Reset | VmExit::Shutdown { .. } | VmExit::PowerOff => 0,
             VmExit::VcpuError { .. } | VmExit::AllVcpusStopped => 1,
         }
     }
@@ -280,6 +282,10 @@ impl EventLoop {
                     }
                     if let Some(done) = done {
                         let _ = done.send(IoData::default());
+                    }
+                    // ACPI S5: end now, before the guest's status polling keeps the loop busy.
+                    if self.devices.take_power_off() {
+                        return Some(VmExit::PowerOff);
                     }
                 }
                 VcpuMessage::Read {

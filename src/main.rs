@@ -84,6 +84,7 @@ fn run_vm(args: &RunArgs) -> Result<ExitCode, String> {
         console_in: Some(0),
         console_out_fd: Some(1),
         seccomp,
+        acpi: args.acpi,
         watchdog: args.watchdog.map(std::time::Duration::from_secs),
     };
     let vm = Vm::build(config).map_err(|e| e.to_string())?;

@@ -23,6 +23,7 @@ use vm_memory::{
 };
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use devices::acpi_sleep::AcpiSleep;
 use devices::i8042::I8042;
 use devices::serial::SerialConsole;
 use devices::virtio::{Block, MmioTransport, Net, VirtioDevice};
@@ -87,6 +88,8 @@ pub struct VmConfig {
     /// for it to become writable instead of ever blocking on it.
     pub console_out_fd: Option<RawFd>,
     pub seccomp: SeccompMode,
+    /// ACPI tables beside the MP table (`--acpi on|off`).
+    pub acpi: bool,
     /// Print a thread report when no thread made progress for this long (`--watchdog`).
     pub watchdog: Option<std::time::Duration>,
 }
@@ -233,6 +236,11 @@ impl Vm {
                 None
             }
         };
+        if config.acpi {
+            // Every virtio-mmio slot, whatever its device, appears in the DSDT.
+            let windows: Vec<_> = virtio.iter().map(VirtioSlot::acpi_device).collect();
+            boot::write_acpi_tables(&mem, config.vcpus, &windows)?;
+        }
 
         let supported_cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -256,11 +264,12 @@ impl Vm {
             .map_err(kvm_err("KVM_IRQFD (serial)"))?;
         let reset_evt = EventFd::new(EFD_NONBLOCK).map_err(io_err("eventfd"))?;
         let i8042 = I8042::new(reset_evt.try_clone().map_err(io_err("eventfd"))?);
-        let devices = Devices::new(
+        let mut devices = Devices::new(
             SerialConsole::new(serial_irq, config.console_out),
             i8042,
             virtio,
         );
+        devices.acpi_sleep = config.acpi.then(AcpiSleep::new);
 
         Ok(Vm {
             _kvm: kvm,

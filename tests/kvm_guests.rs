@@ -219,6 +219,53 @@ fn string_port_io_of_any_length_reaches_the_device_whole() {
     assert_eq!(run.exit, VmExit::Reset);
 }
 
+#[test]
+fn acpi_s5_through_the_sleep_registers_powers_the_vm_off() {
+    if !kvm_available("acpi_s5_through_the_sleep_registers_powers_the_vm_off") {
+        return;
+    }
+    // What Linux's acpi_hw_extended_sleep() does for S5 (\_S5 = 5): clear WAK_STS, write
+    // SLP_TYP << 2 | SLP_EN to the control register, then poll the status register for a wake.
+    let code = assemble(|a| {
+        a.mov(dx, 0x601u32)?;
+        a.mov(al, 0x80u32)?;
+        a.out(dx, al)?;
+        a.mov(dx, 0x600u32)?;
+        a.mov(al, (5u32 << 2) | 0x20)?;
+        a.out(dx, al)?;
+        a.mov(dx, 0x601u32)?;
+        let mut again = a.create_label();
+        a.set_label(&mut again)?;
+        a.in_(al, dx)?;
+        a.test(al, 0x80u32)?;
+        a.jz(again)?;
+        a.hlt()
+    });
+    for _ in 0..10 {
+        let run = run_raw_guest(code.clone(), 2, SeccompMode::Kill);
+        assert_eq!(run.exit, VmExit::PowerOff);
+        assert_eq!(run.exit.exit_code(), 0);
+    }
+}
+
+#[test]
+fn other_sleep_states_do_not_end_the_vm() {
+    if !kvm_available("other_sleep_states_do_not_end_the_vm") {
+        return;
+    }
+    // S3 (not offered in the DSDT) is ignored; the guest then reboots through the i8042.
+    let code = assemble(|a| {
+        a.mov(dx, 0x600u32)?;
+        a.mov(al, (3u32 << 2) | 0x20)?;
+        a.out(dx, al)?;
+        print(a, b"still here\n")?;
+        i8042_reset(a)
+    });
+    let run = run_raw_guest(code, 1, SeccompMode::Kill);
+    assert_eq!(run.console, "still here\n");
+    assert_eq!(run.exit, VmExit::Reset);
+}
+
 /// Prints `text` the way Linux's 8250 console does: the line status register before each byte.
 fn print_polling_lsr(a: &mut CodeAssembler, text: &[u8]) -> Result<(), IcedError> {
     for &byte in text {

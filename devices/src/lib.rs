@@ -5,6 +5,7 @@
 //! forward their port-I/O and MMIO exits to the loop, which calls [`BusDevice::read`] /
 //! [`BusDevice::write`] with the offset inside the device's window.
 
+pub mod acpi_sleep;
 pub mod counters;
 pub mod i8042;
 pub mod ratelimit;

@@ -11,6 +11,8 @@
 //! 0x0009_fc00  EBDA: MP floating pointer + MP configuration table (e820 reserved)
 //! 0x000a_0000  legacy VGA / option ROM hole (never reported as RAM; the MP table runs on
 //!              into it for more than 41 vCPUs)
+//! 0x000e_0000  ACPI tables: RSDP first (Linux scans 0xE0000-0xFFFFF for it), then XSDT, FADT,
+//!              MADT, DSDT (e820 reserved together with the BIOS ROM area)
 //! 0x000f_0000  BIOS ROM area (e820 reserved)
 //! 0x0010_0000  HIMEM: kernel load address; RAM continues up to min(end, MMIO_GAP_START)
 //! 0xc000_0000  32-bit MMIO gap up to 4 GiB: no guest RAM here
@@ -47,6 +49,11 @@ pub const CMDLINE_MAX_SIZE: usize = 2048;
 pub const EBDA_START: u64 = 0x9fc00;
 /// End of base memory (640 KiB); [EBDA_START, EBDA_END) is reserved in the e820 map.
 pub const EBDA_END: u64 = 0xa0000;
+/// Start of the ACPI tables; the RSDP sits here, 16-byte aligned inside the BIOS area that
+/// Linux scans for it. [ACPI_START, HIMEM_START) is reserved in the e820 map.
+pub const ACPI_START: u64 = 0xe0000;
+/// End (exclusive) of the ACPI tables.
+pub const ACPI_END: u64 = BIOS_ROM_START;
 /// Start of the legacy BIOS ROM area, reported as reserved in the e820 map.
 pub const BIOS_ROM_START: u64 = 0xf0000;
 /// Start of high memory (1 MiB): the kernel is loaded here.
@@ -99,7 +106,8 @@ const _: () = {
     assert!(PDPT_START == PML4_START + 0x1000 && PD_START == PDPT_START + 0x1000);
     assert!(PD_START + 0x1000 <= CMDLINE_START);
     assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
-    assert!(EBDA_END <= BIOS_ROM_START && BIOS_ROM_START < HIMEM_START);
+    assert!(EBDA_END <= ACPI_START && ACPI_START < ACPI_END);
+    assert!(ACPI_END <= BIOS_ROM_START && BIOS_ROM_START < HIMEM_START);
     assert!(VIRTIO_MMIO_BASE >= MMIO_GAP_START && IOAPIC_START < LAPIC_START);
     assert!(LAPIC_START < MMIO_GAP_END);
 };

@@ -6,22 +6,24 @@
 //! of ISA IRQs 0-15 to I/O APIC pins.
 //!
 //! Up to 41 vCPUs the whole table fits in the reserved EBDA KiB. Larger tables run on into
-//! the legacy VGA/option-ROM hole [0xA0000, 0xF0000), which the e820 map never reports as
-//! RAM, so the guest never reuses it; the table must end before [`BIOS_ROM_START`].
+//! the legacy VGA/option-ROM hole, which the e820 map never reports as RAM, so the guest never
+//! reuses it; the table must end before the ACPI tables at [`ACPI_START`].
 
 use std::mem::size_of;
 
 use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::layout::{addr32, low_u32, BIOS_ROM_START, EBDA_START, IOAPIC_START, LAPIC_START};
+use super::layout::{addr32, low_u32, ACPI_START, EBDA_START, IOAPIC_START, LAPIC_START};
 
 /// Largest vCPU count: APIC ids 0..=253 for CPUs, 254 for the I/O APIC, 255 is broadcast.
 pub const MAX_CPUS: u8 = 254;
 
 const MPC_SPEC_REV: u8 = 4;
 const MP_FEATURE2_IMCR: u8 = 0x80;
-const MPC_OEM_ID: [u8; 8] = *b"VOLT    ";
-const MPC_PRODUCT_ID: [u8; 12] = *b"MICROVM     ";
+/// Linux prints these as `MPTABLE: OEM ID: NOVAFLAR` and `MPTABLE: Product ID: VOLT VM`; the
+/// ACPI tables carry matching ids (see `acpi::OEM_ID`).
+pub const MPC_OEM_ID: [u8; 8] = *b"NOVAFLAR";
+pub const MPC_PRODUCT_ID: [u8; 12] = *b"VOLT VM     ";
 
 const ENTRY_PROCESSOR: u8 = 0;
 const ENTRY_BUS: u8 = 1;
@@ -156,6 +158,12 @@ pub enum MptableError {
     Write(u64),
 }
 
+/// The I/O APIC's id for `num_cpus` vCPUs (whose APIC ids are 0..num_cpus): the first one free.
+/// The ACPI MADT uses the same.
+pub fn ioapic_id(num_cpus: u8) -> u8 {
+    num_cpus
+}
+
 /// Total size in bytes of the floating pointer plus the configuration table for `num_cpus`.
 pub fn mptable_size(num_cpus: u8) -> usize {
     size_of::<MpFloatingPointer>() + config_table_size(num_cpus)
@@ -204,7 +212,7 @@ fn build_mptable(num_cpus: u8, start: u64) -> Vec<u8> {
         bus_type: ISA_BUS_TYPE,
     };
     entries.extend_from_slice(bus.as_slice());
-    let ioapic_id = num_cpus;
+    let ioapic_id = ioapic_id(num_cpus);
     let ioapic = MpIoApic {
         entry_type: ENTRY_IOAPIC,
         apic_id: ioapic_id,
@@ -276,11 +284,11 @@ pub fn setup_mptable(mem: &GuestMemoryMmap, num_cpus: u8) -> Result<(), MptableE
         return Err(MptableError::CpuCount(num_cpus));
     }
     let size = mptable_size(num_cpus);
-    if EBDA_START + size as u64 > BIOS_ROM_START {
+    if EBDA_START + size as u64 > ACPI_START {
         return Err(MptableError::TooBig {
             size,
             start: EBDA_START,
-            limit: BIOS_ROM_START,
+            limit: ACPI_START,
         });
     }
     let table = build_mptable(num_cpus, EBDA_START);
@@ -343,8 +351,8 @@ mod tests {
             assert_eq!(length, mptable_size(cpus) - 16);
             assert_eq!(pcmp.len(), length);
             assert_eq!(pcmp[6], 4, "spec rev");
-            assert_eq!(&pcmp[8..16], b"VOLT    ");
-            assert_eq!(&pcmp[16..28], b"MICROVM     ");
+            assert_eq!(&pcmp[8..16], b"NOVAFLAR");
+            assert_eq!(&pcmp[16..28], b"VOLT VM     ");
             let entry_count = u16::from_le_bytes([pcmp[34], pcmp[35]]);
             assert_eq!(entry_count, u16::from(cpus) + 18);
             let lapic = u32::from_le_bytes(pcmp[36..40].try_into().unwrap());
@@ -401,11 +409,11 @@ mod tests {
     }
 
     #[test]
-    fn max_cpus_table_stays_below_the_bios_rom() {
+    fn max_cpus_table_stays_below_the_acpi_tables() {
         let mem = mem();
         setup_mptable(&mem, 254).unwrap();
         let t = read_table(&mem, 254);
-        assert!(EBDA_START + t.len() as u64 <= BIOS_ROM_START);
+        assert!(EBDA_START + t.len() as u64 <= ACPI_START);
         // The last processor and the I/O APIC ids.
         let last = 60 + 253 * 20;
         assert_eq!(t[last + 1], 253);

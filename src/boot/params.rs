@@ -5,7 +5,7 @@ use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::layout::{
-    addr32, low_ram_end, low_u32, BIOS_ROM_START, CMDLINE_START, EBDA_END, EBDA_START, HIMEM_START,
+    addr32, low_ram_end, low_u32, ACPI_START, CMDLINE_START, EBDA_END, EBDA_START, HIMEM_START,
     MMIO_GAP_END,
 };
 use super::loader::InitrdPlacement;
@@ -45,7 +45,8 @@ pub fn e820_map(mem_bytes: u64) -> Vec<boot_e820_entry> {
         entry(0, EBDA_START, E820_RAM),
         // The MP table lives here (and may run on into the VGA hole, which is left out).
         entry(EBDA_START, EBDA_END, E820_RESERVED),
-        entry(BIOS_ROM_START, HIMEM_START, E820_RESERVED),
+        // The ACPI tables and the BIOS ROM area.
+        entry(ACPI_START, HIMEM_START, E820_RESERVED),
     ];
     if low_end > HIMEM_START {
         map.push(entry(HIMEM_START, low_end, E820_RAM));
@@ -150,7 +151,7 @@ mod tests {
             vec![
                 (0, 0x9fc00, E820_RAM),
                 (0x9fc00, 0x400, E820_RESERVED),
-                (0xf0000, 0x10000, E820_RESERVED),
+                (0xe0000, 0x20000, E820_RESERVED),
                 (0x100000, (128 << 20) - 0x100000, E820_RAM),
             ]
         );
@@ -209,7 +210,7 @@ mod tests {
             vec![
                 (0, 0x9fc00, E820_RAM),
                 (0x9fc00, 0x400, E820_RESERVED),
-                (0xf0000, 0x10000, E820_RESERVED),
+                (0xe0000, 0x20000, E820_RESERVED),
                 (0x100000, 0xc000_0000 - 0x100000, E820_RAM),
                 (0x1_0000_0000, (6 << 30) - 0xc000_0000, E820_RAM),
             ]

@@ -104,6 +104,7 @@ pub fn run_raw_guest_configured(
         console_out_fd: None,
         seccomp,
         watchdog: None,
+        acpi: true,
     };
     configure(&mut config);
     let (exit, stats) = Vm::run(config).expect("the VM runs");

@@ -31,6 +31,8 @@ vmm_command() {
       [ -n "$_disk" ] && VMM_ARGS="$VMM_ARGS --disk $_disk"
       [ -n "$_net" ] && VMM_ARGS="$VMM_ARGS --net $_net"
       VMM_ARGS="$VMM_ARGS ${VOLT_EXTRA_ARGS:-}"
+      # CASE_VOLT_ARGS: more volt flags for one case (e.g. --initrd F, --acpi off).
+      [ -n "${CASE_VOLT_ARGS:-}" ] && VMM_ARGS="$VMM_ARGS $CASE_VOLT_ARGS"
       VMM_CMDLINE="$BASE_CMDLINE reboot=k $_append" ;;
     qemu)
       # microvm has no i8042 for reboot=k: a triple fault (reboot=t) + -no-reboot ends QEMU.
