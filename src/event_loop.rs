@@ -8,6 +8,7 @@
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 use mio::unix::SourceFd;
@@ -15,6 +16,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::device_manager::{DeviceEvent, Devices};
+use crate::thread_report::{LoopPhase, ThreadStates};
 use crate::vcpu::{AddressSpace, IoData, VcpuMessage, VcpuStop};
 
 const VCPU_TOKEN: Token = Token(0);
@@ -51,6 +53,8 @@ impl VmExit {
 pub struct LoopStats {
     pub pio_exits: u64,
     pub mmio_exits: u64,
+    /// Port reads the vCPU threads answered without the loop (see [`crate::fast_path`]).
+    pub pio_answered_on_vcpu: u64,
     /// Accesses no device claimed: (address space, address, is write).
     pub unhandled: Vec<(AddressSpace, u64, bool)>,
     pub console_bytes: u64,
@@ -72,6 +76,8 @@ pub struct EventLoop {
     stdin: Option<RawFd>,
     vcpus_running: usize,
     stats: LoopStats,
+    states: Arc<ThreadStates>,
+    linger: Option<Duration>,
 }
 
 impl EventLoop {
@@ -83,8 +89,9 @@ impl EventLoop {
         devices: Devices,
         reset_evt: EventFd,
         stdin: Option<RawFd>,
-        vcpu_count: usize,
+        states: Arc<ThreadStates>,
     ) -> io::Result<Self> {
+        let vcpu_count = states.vcpus.len();
         let registry = poll.registry();
         registry.register(
             &mut SourceFd(&reset_evt.as_raw_fd()),
@@ -117,23 +124,53 @@ impl EventLoop {
             stdin,
             vcpus_running: vcpu_count,
             stats: LoopStats::default(),
+            states,
+            linger: None,
         })
     }
 
     /// Serves the VM until it ends.
+    /// The thread's id must already be published ([`crate::thread_report::LoopState::started`]).
     pub fn run(mut self) -> io::Result<(VmExit, LoopStats)> {
+        let result = self.serve();
+        self.states.event_loop.set(LoopPhase::Finished, 0);
+        result
+    }
+
+    fn serve(&mut self) -> io::Result<(VmExit, LoopStats)> {
         let mut events = Events::with_capacity(64);
         loop {
-            if let Err(e) = self.poll.poll(&mut events, None) {
+            self.states.event_loop.set(LoopPhase::Polling, 0);
+            // vCPUs wake the loop only when it said it sleeps; a message queued before that
+            // is seen here, and then epoll is only asked what else is ready.
+            let rx = &self.vcpu_rx;
+            let pending = self.states.event_loop.going_to_sleep(|| !rx.is_empty());
+            let timeout = pending.then_some(Duration::ZERO);
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
                 return Err(e);
             }
+            self.states.event_loop.woke();
+            let mut served_vcpus = pending;
+            let mut outcome = None;
+            if pending {
+                self.states.event_loop.set(LoopPhase::VcpuMessages, 0);
+                outcome = self.drain_vcpu_messages();
+            }
             for event in events.iter() {
-                let outcome = match event.token() {
-                    VCPU_TOKEN => self.drain_vcpu_messages(),
+                if outcome.is_some() {
+                    break;
+                }
+                outcome = match event.token() {
+                    VCPU_TOKEN => {
+                        served_vcpus = true;
+                        self.states.event_loop.set(LoopPhase::VcpuMessages, 0);
+                        self.drain_vcpu_messages()
+                    }
                     STDIN_TOKEN => {
+                        self.states.event_loop.set(LoopPhase::ConsoleInput, 0);
                         self.read_console_input();
                         None
                     }
@@ -142,20 +179,50 @@ impl EventLoop {
                         Some(VmExit::Reset)
                     }
                     Token(token) => {
-                        let event = self.devices.handle_event_source(token - FIRST_DEVICE_TOKEN);
+                        let source = token - FIRST_DEVICE_TOKEN;
+                        self.states
+                            .event_loop
+                            .set(LoopPhase::DeviceEvent, source as u64);
+                        let event = self.devices.handle_event_source(source);
                         if let Some(DeviceEvent::QueueKick { .. }) = event {
                             self.stats.queue_kicks += 1;
                         }
                         None
                     }
                 };
-                if let Some(exit) = outcome {
-                    self.finish();
-                    return Ok((exit, self.stats));
-                }
+            }
+            if let Some(exit) = outcome {
+                self.finish();
+                return Ok((exit, std::mem::take(&mut self.stats)));
             }
             self.flush_console();
+            if served_vcpus {
+                self.linger();
+            }
         }
+    }
+
+    /// After serving vCPU exits, stays awake a moment for the next one (a guest writing its
+    /// console exits every few microseconds), so the vCPU need not wake the loop for each.
+    /// Only when every vCPU thread and the loop have a host CPU of their own: with more
+    /// threads than CPUs the spin would take the CPU from the vCPU it waits for.
+    fn linger(&self) {
+        let Some(limit) = self.linger else { return };
+        let start = Instant::now();
+        let mut spins = 0u32;
+        while self.vcpu_rx.is_empty() {
+            std::hint::spin_loop();
+            spins = spins.wrapping_add(1);
+            if spins % 64 == 0 && start.elapsed() >= limit {
+                return;
+            }
+        }
+    }
+
+    /// Lets the loop spin up to `limit` for the next vCPU message before it sleeps (see
+    /// [`EventLoop::linger`]); `None` (the default) never spins.
+    pub fn set_linger(&mut self, limit: Option<Duration>) {
+        self.linger = limit;
     }
 
     fn finish(&mut self) {
@@ -164,6 +231,7 @@ impl EventLoop {
     }
 
     fn flush_console(&mut self) {
+        self.states.event_loop.set(LoopPhase::ConsoleOutput, 0);
         if let Err(e) = self.devices.serial.flush_output() {
             log::warn!("console output failed: {e}");
         }
@@ -171,6 +239,7 @@ impl EventLoop {
 
     fn drain_vcpu_messages(&mut self) -> Option<VmExit> {
         while let Ok(message) = self.vcpu_rx.try_recv() {
+            self.states.event_loop.served_message();
             match message {
                 VcpuMessage::Write {
                     space,
@@ -249,7 +318,7 @@ impl EventLoop {
                     self.stdin = None;
                     return;
                 }
-                Ok(n) => self.devices.serial.queue_input(&buf[..n]),
+                Ok(n) => self.devices.queue_console_input(&buf[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {

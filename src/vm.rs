@@ -34,7 +34,8 @@ use crate::device_manager::{
 };
 use crate::event_loop::{EventLoop, LoopStats, VmExit};
 use crate::sandbox::{apply_seccomp, SeccompMode, ThreadKind};
-use crate::vcpu::{spawn_vcpu, LoopLink, VcpuHandle};
+use crate::thread_report::{wait_reporting, ReportSignal, ThreadStates};
+use crate::vcpu::{spawn_vcpu, LoopLink, VcpuHandle, VcpuMessage};
 
 /// The most vCPUs the MP table can describe (I/O APIC id = vCPU count must stay below 255).
 pub const MAX_VCPUS: u8 = boot::MAX_CPUS;
@@ -78,6 +79,8 @@ pub struct VmConfig {
     /// Host input for the guest's serial console (stdin), if any.
     pub console_in: Option<RawFd>,
     pub seccomp: SeccompMode,
+    /// Print a thread report when no thread made progress for this long (`--watchdog`).
+    pub watchdog: Option<std::time::Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -158,6 +161,19 @@ pub struct Vm {
     reset_evt: EventFd,
     console_in: Option<RawFd>,
     seccomp: SeccompMode,
+    watchdog: Option<std::time::Duration>,
+    /// CPUs this process may run on, read before the sandbox closes /proc and /sys.
+    host_cpus: usize,
+}
+
+/// How long the event loop spins for the next vCPU exit when it has a CPU of its own:
+/// 50 us, or `VOLT_LOOP_SPIN_US` (0 turns it off; a knob for the benchmarks in perf/).
+fn loop_linger() -> Option<std::time::Duration> {
+    let us = std::env::var("VOLT_LOOP_SPIN_US")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(50);
+    (us > 0).then(|| std::time::Duration::from_micros(us))
 }
 
 impl Vm {
@@ -245,20 +261,24 @@ impl Vm {
             reset_evt,
             console_in: config.console_in,
             seccomp: config.seccomp,
+            watchdog: config.watchdog,
+            host_cpus: thread::available_parallelism().map_or(1, |n| n.get()),
         })
     }
 
     /// Starts the event loop and the vCPUs; each thread installs its own seccomp filter first.
     /// Termination signals stay with the calling thread: the workers are spawned with them
     /// blocked, so a Ctrl-C is handled where the terminal may be restored.
+    /// `SIGUSR1` is held for the thread reports (see [`crate::thread_report`]) while the VM runs.
     pub fn start(self) -> Result<RunningVm, VmError> {
+        let report_signal = ReportSignal::block().map_err(io_err("signalfd for SIGUSR1"))?;
         let previous = block_termination_signals();
-        let result = self.spawn_threads();
+        let result = self.spawn_threads(report_signal);
         restore_signal_mask(&previous);
         result
     }
 
-    fn spawn_threads(self) -> Result<RunningVm, VmError> {
+    fn spawn_threads(self, report_signal: ReportSignal) -> Result<RunningVm, VmError> {
         let Vm {
             _kvm,
             _vm_fd,
@@ -269,27 +289,42 @@ impl Vm {
             reset_evt,
             console_in,
             seccomp,
+            watchdog,
+            host_cpus,
         } = self;
         // Bounded, so a guest that floods the loop with writes is slowed down, not buffered.
         let (sender, receiver) = bounded(1024);
         let waker = Arc::new(Waker::new(poll.registry(), Token(0)).map_err(io_err("waker"))?);
         let vcpu_count = vcpus.len();
-        let event_loop = EventLoop::new(
+        let states = Arc::new(ThreadStates::new(vcpu_count));
+        let line_status = devices.line_status_mirror();
+        let mut event_loop = EventLoop::new(
             poll,
             waker.clone(),
             receiver,
             devices,
             reset_evt,
             console_in,
-            vcpu_count,
+            states.clone(),
         )
         .map_err(VmError::EventLoop)?;
+        // The loop may spin briefly for the next exit only if it never competes with a vCPU.
+        if vcpu_count < host_cpus {
+            event_loop.set_linger(loop_linger());
+        }
+        // Written when the loop thread ends, however it ends: the main thread waits on it.
+        let loop_done = EventFd::new(EFD_NONBLOCK).map_err(io_err("eventfd"))?;
+        let loop_done_writer = loop_done.try_clone().map_err(io_err("eventfd"))?;
+        let loop_states = states.clone();
         let loop_thread = thread::Builder::new()
             .name("volt-loop".into())
             .spawn(move || {
-                apply_seccomp(ThreadKind::EventLoop, seccomp)
-                    .map_err(|e| io::Error::other(e.to_string()))?;
-                event_loop.run()
+                loop_states.event_loop.started(); // gettid: before the filter
+                let result = apply_seccomp(ThreadKind::EventLoop, seccomp)
+                    .map_err(|e| io::Error::other(e.to_string()))
+                    .and_then(|()| event_loop.run());
+                let _ = loop_done_writer.write(1);
+                result
             })
             .map_err(io_err("spawning the event loop"))?;
 
@@ -299,8 +334,10 @@ impl Vm {
             let link = LoopLink {
                 sender: sender.clone(),
                 waker: waker.clone(),
+                line_status: line_status.clone(),
+                states: states.clone(),
             };
-            match spawn_vcpu(index, vcpu, link, stop.clone(), seccomp) {
+            match spawn_vcpu(index, vcpu, link, stop.clone(), seccomp, states.clone()) {
                 Ok(handle) => handles.push(handle),
                 Err(e) => {
                     stop.store(true, Ordering::Release);
@@ -314,6 +351,11 @@ impl Vm {
         }
         Ok(RunningVm {
             loop_thread,
+            loop_done,
+            report_signal,
+            states,
+            channel: sender,
+            watchdog,
             vcpus: handles,
             stop,
             _vm_fd,
@@ -351,6 +393,12 @@ fn restore_signal_mask(previous: &libc::sigset_t) {
 /// A started VM: the event-loop thread and the vCPU threads.
 pub struct RunningVm {
     loop_thread: JoinHandle<io::Result<(VmExit, LoopStats)>>,
+    loop_done: EventFd,
+    report_signal: ReportSignal,
+    states: Arc<ThreadStates>,
+    /// Only for the channel depth in thread reports.
+    channel: crossbeam_channel::Sender<VcpuMessage>,
+    watchdog: Option<std::time::Duration>,
     vcpus: Vec<VcpuHandle>,
     stop: Arc<AtomicBool>,
     // Dropped last: the vCPU threads must be gone before the guest memory is unmapped and
@@ -362,12 +410,24 @@ pub struct RunningVm {
 
 impl RunningVm {
     /// Waits for the guest to end, then stops every vCPU thread.
+    /// Until then it prints a thread report for every `SIGUSR1` (and on a `--watchdog` stall).
     pub fn wait(self) -> Result<(VmExit, LoopStats), VmError> {
+        wait_reporting(
+            &self.loop_done,
+            &self.report_signal,
+            &self.states,
+            &self.channel,
+            self.watchdog,
+        );
+        drop(self.channel);
         let result = self.loop_thread.join();
         self.stop.store(true, Ordering::Release);
         self.vcpus.into_iter().for_each(VcpuHandle::stop_and_join);
         match result {
-            Ok(Ok(outcome)) => Ok(outcome),
+            Ok(Ok((exit, mut stats))) => {
+                stats.pio_answered_on_vcpu = self.states.answered_locally();
+                Ok((exit, stats))
+            }
             Ok(Err(e)) => Err(VmError::EventLoop(e)),
             Err(_) => Err(VmError::EventLoopPanicked),
         }

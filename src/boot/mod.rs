@@ -154,6 +154,7 @@ pub fn configure_vcpu(
         index,
         source,
     })?;
+    regs::enable_xsave_features(vcpu, cpuid::xsave_features(&cpuid), index);
     regs::setup_lapic_lints(vcpu)?;
     if let Some(start) = start {
         regs::setup_long_mode(vcpu, mem, start.entry, Some(start.boot_params))?;

@@ -64,6 +64,32 @@ fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> RegsError {
     move |source| RegsError::Kvm { what, source }
 }
 
+/// Starts the vCPU with XCR0 holding every XSAVE component its CPUID offers (the value a Linux
+/// guest programs itself during FPU set-up), instead of x87 only as after a hardware reset.
+///
+/// KVM sizes CPUID.0xD.0:EBX (the XSAVE area of the enabled components) from the XCR0 it knows,
+/// and loads that XCR0 on every guest entry. A nested hypervisor that runs the guest's XSETBV
+/// without an exit leaves KVM with the reset value: QEMU's software-emulated AMD SVM (the
+/// nested real-KVM test bed) does that. Linux then found the XSAVE area size inconsistent
+/// ("XSAVE consistency problem: size 2696 != kernel_size 576", a warning dump of ~300 console
+/// lines), and its XCR0 silently fell back to x87 at every exit, so AVX code that ran after an
+/// exit faulted: in the bed, Debian's kernel crashed (triple fault) or stopped in the middle of
+/// that dump in some boots. Firecracker and QEMU microvm show the same warning there; Volt
+/// with this start value shows none ("Enabled xstate features 0x207, context size is 2696
+/// bytes"). Where KVM does see XSETBV nothing changes for the guest once it has set XCR0.
+/// A refusal is logged and the vCPU starts with KVM's default.
+pub fn enable_xsave_features(vcpu: &VcpuFd, features: u64, index: u8) {
+    let mut xcrs = kvm_bindings::kvm_xcrs {
+        nr_xcrs: 1,
+        ..Default::default()
+    };
+    xcrs.xcrs[0].xcr = 0;
+    xcrs.xcrs[0].value = features;
+    if let Err(e) = vcpu.set_xcrs(&xcrs) {
+        log::debug!("vcpu{index}: KVM refused XCR0 = {features:#x}: {e}");
+    }
+}
+
 /// The MSR values a freshly booted kernel expects (the set Firecracker programs).
 pub fn boot_msr_entries() -> Vec<kvm_msr_entry> {
     let msr = |index: u32, data: u64| kvm_msr_entry {
