@@ -138,11 +138,12 @@ impl Write for ConsoleOutput {
 pub const MAX_PENDING_INPUT: usize = 1 << 20;
 
 const DATA_REGISTER: u64 = 0;
-/// Port offset of the line status register.
-pub const LINE_STATUS_REGISTER: u8 = 5;
 const MCR_REGISTER: u8 = 4;
 /// Modem control: loopback mode (the transmitter feeds the receiver, no host I/O).
-const MCR_LOOP: u8 = 0x10;
+const MCR_LOOPBACK: u8 = 0x10;
+const LSR_REGISTER: u8 = 5;
+/// Port offset of the line status register.
+pub const LINE_STATUS_REGISTER: u64 = LSR_REGISTER as u64;
 
 /// COM1: a 16550A with host input and buffered output.
 ///
@@ -157,6 +158,9 @@ pub struct SerialConsole {
     errors: u64,
     bytes_in: u64,
     input_dropped: u64,
+    /// MCR bit 4: output loops back into the receiver, so a data write changes the LSR, and
+    /// host input waits.
+    loopback: bool,
 }
 
 impl SerialConsole {
@@ -168,7 +172,16 @@ impl SerialConsole {
             errors: 0,
             bytes_in: 0,
             input_dropped: 0,
+            loopback: false,
         }
+    }
+
+    /// The line status register while reading it has no side effect and no posted data write
+    /// can change it (not in loopback mode), else `None`. A vCPU may answer LSR reads with this
+    /// value itself until the next access to the UART; Linux reads the LSR before every byte
+    /// it writes to the console.
+    pub fn stable_line_status(&mut self) -> Option<u8> {
+        (!self.loopback).then(|| self.uart.read(LSR_REGISTER))
     }
 
     /// Whether more host input can be accepted; when false the caller stops reading its source.
@@ -232,17 +245,8 @@ impl SerialConsole {
         }
     }
 
-    /// The line status register while reading it has no side effect and no posted data write
-    /// can change it (not in loopback mode), else `None`. A vCPU may answer LSR reads with this
-    /// value itself until the next access to the UART; Linux reads the LSR before every byte
-    /// it writes to the console.
-    pub fn stable_line_status(&mut self) -> Option<u8> {
-        (!self.in_loopback()).then(|| self.uart.read(LINE_STATUS_REGISTER))
-    }
-
-    fn in_loopback(&mut self) -> bool {
-        // Reading MCR has no side effect.
-        self.uart.read(MCR_REGISTER) & MCR_LOOP != 0
+    fn in_loopback(&self) -> bool {
+        self.loopback
     }
 
     fn fill_fifo(&mut self) {
@@ -293,6 +297,9 @@ impl BusDevice for SerialConsole {
         let Ok(register) = u8::try_from(offset) else {
             return;
         };
+        if register == MCR_REGISTER {
+            self.loopback = value & MCR_LOOPBACK != 0;
+        }
         if let Err(e) = self.uart.write(register, value) {
             self.errors += 1;
             rl_warn!("serial: write to register {offset} failed: {e:?}");
@@ -308,26 +315,6 @@ impl BusDevice for SerialConsole {
 mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
-
-    #[test]
-    fn line_status_is_stable_except_in_loopback_mode() {
-        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        let mut serial = SerialConsole::new(irq, Box::new(io::sink()));
-        assert_eq!(serial.stable_line_status(), Some(0x60), "THR and TSR empty");
-        serial.queue_input(b"x");
-        assert_eq!(serial.stable_line_status(), Some(0x61), "data ready");
-        let mut byte = [0u8];
-        serial.read(0, &mut byte);
-        assert_eq!(serial.stable_line_status(), Some(0x60));
-        serial.write(4, &[MCR_LOOP]);
-        assert_eq!(
-            serial.stable_line_status(),
-            None,
-            "a data write may change it"
-        );
-        serial.write(4, &[0x0b]);
-        assert_eq!(serial.stable_line_status(), Some(0x60));
-    }
 
     /// A writer the test can look into after the console took ownership of it.
     #[derive(Clone, Default)]
@@ -359,6 +346,25 @@ mod tests {
         serial.flush_output().unwrap();
         assert_eq!(&*out.0.lock().unwrap(), b"hi");
         assert_eq!(serial.bytes_out(), 2);
+    }
+
+    #[test]
+    fn line_status_is_stable_except_in_loopback_mode() {
+        let (mut serial, _out, _irq) = console();
+        assert_eq!(serial.stable_line_status(), Some(0x60), "THR and TSR empty");
+        serial.queue_input(b"x");
+        assert_eq!(serial.stable_line_status(), Some(0x61), "data ready");
+        let mut byte = [0u8];
+        serial.read(0, &mut byte);
+        assert_eq!(serial.stable_line_status(), Some(0x60));
+        serial.write(4, &[MCR_LOOPBACK]);
+        assert_eq!(
+            serial.stable_line_status(),
+            None,
+            "a data write may change it"
+        );
+        serial.write(4, &[0x0b]);
+        assert_eq!(serial.stable_line_status(), Some(0x60));
     }
 
     #[test]
@@ -496,7 +502,7 @@ mod tests {
     #[test]
     fn loopback_neither_drains_host_input_nor_counts_as_output() {
         let (mut serial, out, _irq) = console();
-        serial.write(u64::from(MCR_REGISTER), &[MCR_LOOP]);
+        serial.write(u64::from(MCR_REGISTER), &[MCR_LOOPBACK]);
         serial.queue_input(b"host");
         // The guest sees only its own looped-back byte, not the host's input.
         serial.write(0, b"x");
