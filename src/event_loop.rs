@@ -64,6 +64,9 @@ pub struct LoopStats {
     /// Accesses no device claimed: (address space, address, is write).
     pub unhandled: Vec<(AddressSpace, u64, bool)>,
     pub console_bytes: u64,
+    /// Console bytes the host never got (output buffer full, stdout failed or still full at
+    /// the end).
+    pub console_dropped: u64,
     /// Virtqueue notifications that arrived on an ioeventfd (no vCPU exit to user space).
     pub queue_kicks: u64,
 }
@@ -255,13 +258,15 @@ impl EventLoop {
             let _ = self.poll.poll(&mut events, Some(Duration::from_millis(50)));
             self.flush_console();
         }
+        let unwritten = self.devices.serial.buffered_output() as u64;
+        self.stats.console_dropped = self.devices.serial.counters().drops + unwritten;
         self.stats.console_bytes = self.devices.serial.bytes_out();
     }
 
     fn flush_console(&mut self) {
         self.states.event_loop.set(LoopPhase::ConsoleOutput, 0);
         if let Err(e) = self.devices.serial.flush_output() {
-            log::warn!("console output failed: {e}");
+            devices::rl_warn!("console output failed, buffered output dropped: {e}");
         }
     }
 
@@ -328,7 +333,7 @@ impl EventLoop {
     }
 
     fn record_unhandled(&mut self, space: AddressSpace, addr: u64, is_write: bool) {
-        log::debug!(
+        devices::rl_debug!(
             "unhandled {space:?} {} at {addr:#x}",
             if is_write { "write" } else { "read" }
         );

@@ -89,6 +89,8 @@ fn run_vm(args: &RunArgs) -> Result<ExitCode, String> {
     };
     let vm = Vm::build(config).map_err(|e| e.to_string())?;
 
+    // Before Landlock: stdin and stdout get private descriptions through /proc/self/fd.
+    terminal::take_over_stdin();
     // Everything is open: from here on the process may reopen only its disk images.
     let allowed: Vec<FsAccess> = args
         .disks
@@ -104,7 +106,6 @@ fn run_vm(args: &RunArgs) -> Result<ExitCode, String> {
     };
     sandbox::lock_down_process(&sandbox_config, &allowed).map_err(|e| e.to_string())?;
 
-    terminal::take_over_stdin();
     let running = vm.start().map_err(|e| e.to_string())?;
     sandbox::apply_seccomp(ThreadKind::Main, seccomp).map_err(|e| e.to_string())?;
     let (exit, stats) = running.wait().map_err(|e| e.to_string())?;
