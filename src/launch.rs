@@ -5,6 +5,8 @@
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
+use devices::virtio::BalloonConfig;
+
 use crate::api::{ApiServer, CheckedSpec, MachineConfigBody};
 use crate::cli::DEFAULT_CMDLINE;
 use crate::event_loop::{LoopStats, VmExit};
@@ -25,6 +27,10 @@ pub struct LaunchOptions {
     pub watchdog: Option<std::time::Duration>,
     /// `--snapshot-dir`, canonical and already open: snapshots may be written beneath it.
     pub snapshot_dir: Option<PathBuf>,
+    /// `--rng` / `--no-rng`, `--balloon`, `--acpi`: the devices a booted VM gets.
+    pub rng: bool,
+    pub balloon: Option<BalloonConfig>,
+    pub acpi: bool,
 }
 
 /// What the API reports about the VM once it runs.
@@ -76,9 +82,13 @@ pub fn vm_config(spec: &CheckedSpec, options: &LaunchOptions) -> Result<VmConfig
         },
         disks: spec.disks.clone(),
         nets: spec.nets.clone(),
+        rng: options.rng,
+        balloon: options.balloon.clone(),
         console_out: Box::new(io::stdout()),
         console_in: Some(0),
+        console_out_fd: Some(1),
         seccomp: options.seccomp,
+        acpi: options.acpi,
         watchdog: options.watchdog,
     })
 }
@@ -115,9 +125,13 @@ pub fn restore_config(restore: Restore, options: &LaunchOptions) -> (VmConfig, C
         boot: BootSource::Snapshot(Box::new(restore)),
         disks,
         nets,
+        rng: machine.rng,
+        balloon: machine.balloon.as_ref().map(Into::into),
         console_out: Box::new(io::stdout()),
         console_in: Some(0),
+        console_out_fd: Some(1),
         seccomp: options.seccomp,
+        acpi: machine.acpi,
         watchdog: options.watchdog,
     };
     (config, spec)
@@ -131,6 +145,8 @@ pub fn run(
     api: Option<ApiServer>,
     options: &LaunchOptions,
 ) -> Result<(VmExit, LoopStats), String> {
+    // Before Landlock: stdin and stdout get private descriptions through /proc/self/fd.
+    terminal::take_over_stdin();
     // Everything is open: from here on the process may reopen only its disk images.
     let allowed: Vec<FsAccess> = spec
         .disks
@@ -150,7 +166,6 @@ pub fn run(
     if let Some(api) = api {
         vm.attach_api(api, VmInfo::of(spec));
     }
-    terminal::take_over_stdin();
     let running = vm.start().map_err(|e| e.to_string())?;
     sandbox::apply_seccomp(ThreadKind::Main, options.seccomp).map_err(|e| e.to_string())?;
     let (exit, stats) = running.wait().map_err(|e| e.to_string())?;

@@ -12,6 +12,7 @@ pub mod event_loop;
 pub mod fast_path;
 pub mod kernel_store;
 pub mod launch;
+pub mod optional_devices;
 pub mod pause;
 pub mod sandbox;
 pub mod snapshot;

@@ -93,6 +93,9 @@ fn run_vm(args: &RunArgs) -> Result<ExitCode, String> {
         store: args.store.clone(),
         watchdog: args.watchdog.map(std::time::Duration::from_secs),
         snapshot_dir,
+        rng: !args.no_rng,
+        balloon: args.balloon_config(),
+        acpi: args.acpi,
     };
     let mut api = args
         .api_sock

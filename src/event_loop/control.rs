@@ -20,7 +20,7 @@ use crate::pause::PauseControl;
 use crate::snapshot::{
     self, MachineLayout, SnapshotError, SnapshotSizes, VirtioBackend, VmSnapshot,
 };
-use devices::BusDevice;
+use devices::{BusDevice, DeviceCounters};
 
 /// Where a virtio-mmio device's configuration space starts in its window.
 const VIRTIO_MMIO_CONFIG_OFFSET: u64 = 0x100;
@@ -55,6 +55,16 @@ pub(super) struct Control {
     pub(super) state: RunState,
     /// The KVM clock when the guest was paused: restored on resume so it does not jump.
     clock: Option<kvm_clock_data>,
+}
+
+/// A device's requests, bytes, errors and drops as a JSON object.
+fn counters_json(counters: &DeviceCounters) -> serde_json::Value {
+    counters
+        .fields()
+        .iter()
+        .map(|&(name, value)| (name.to_string(), serde_json::Value::from(value)))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
 }
 
 fn virtio_type_name(device_type: u32) -> &'static str {
@@ -339,19 +349,24 @@ impl EventLoop {
             .virtio
             .iter()
             .map(|slot| {
-                let counters = slot.transport.counters();
-                serde_json::json!({
+                let mut device = serde_json::json!({
                     "type": virtio_type_name(slot.transport.device_type()),
                     "mmio_base": format!("{:#x}", slot.base),
                     "irq": slot.irq,
                     "status": slot.transport.status(),
-                    "queue_notifications": counters.queue_notifications,
-                    "interrupts": counters.interrupts,
-                })
+                    "transport": counters_json(&slot.transport.counters()),
+                });
+                if let Some(counters) = slot.transport.device_counters() {
+                    device["device"] = counters_json(&counters);
+                }
+                device
             })
             .collect();
         let (uptime, (requests, errors)) = self.control.as_ref().map_or((0, (0, 0)), |c| {
-            (c.started.elapsed().as_millis() as u64, c.api_counts)
+            (
+                u64::try_from(c.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                c.api_counts,
+            )
         });
         let memory: u64 = self
             .control
@@ -366,7 +381,12 @@ impl EventLoop {
                 "unhandled": self.stats.unhandled.len(),
                 "queue_kicks": self.stats.queue_kicks,
             },
-            "serial": { "bytes_out": self.devices.serial.bytes_out() },
+            "serial": {
+                "bytes_out": self.devices.serial.bytes_out(),
+                "counters": counters_json(&self.devices.serial.counters()),
+            },
+            "console_dropped": self.stats.console_dropped,
+            "i8042": counters_json(&self.devices.i8042.counters()),
             "virtio": devices,
             // This request is counted once answered.
             "api": { "requests": requests, "errors": errors },

@@ -38,7 +38,7 @@ pub fn write_memory(mem: &GuestMemoryMmap, file: &File) -> io::Result<Vec<Region
         let host = mem
             .get_host_address(region.start_addr())
             .map_err(io::Error::other)?;
-        let len = region.len() as usize;
+        let len = usize::try_from(region.len()).map_err(io::Error::other)?;
         // SAFETY: `host..host+len` is this region's live mapping, owned by `mem` which we
         // borrow; the vCPUs are paused and this thread owns the devices, so nothing writes
         // guest memory while we read it.
@@ -125,7 +125,8 @@ pub fn map_memory(
     let file = Arc::new(file);
     let mut mapped = Vec::with_capacity(regions.len());
     for region in regions {
-        let mapping = MmapRegionBuilder::new(region.len as usize)
+        let len = usize::try_from(region.len).map_err(|e| MapError::Map(e.to_string()))?;
+        let mapping = MmapRegionBuilder::new(len)
             .with_file_offset(FileOffset::from_arc(file.clone(), region.file_offset))
             .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
             .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)

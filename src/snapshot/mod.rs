@@ -15,6 +15,7 @@ pub mod vcpu_state;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use kvm_bindings::{
     kvm_clock_data, kvm_irqchip, kvm_pit_state2, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
@@ -27,7 +28,7 @@ use vm_memory::GuestMemoryMmap;
 use devices::i8042::{I8042Snapshot, I8042};
 use devices::serial::{SerialConsole, SerialSnapshot};
 use devices::state::{Persist, StateError};
-use devices::virtio::TransportSnapshot;
+use devices::virtio::{BalloonConfig, TransportSnapshot};
 
 use crate::boot::layout::guest_ram_ranges;
 use crate::device_manager::{Devices, VirtioSlot};
@@ -44,13 +45,56 @@ pub enum VirtioBackend {
     Net { tap: String, mac: Option<[u8; 6]> },
 }
 
+/// `--balloon` settings, kept so the restored VM gets the same device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BalloonLayout {
+    pub target_bytes: u64,
+    pub free_page_reporting: bool,
+    pub stats_interval_ms: Option<u64>,
+    pub deflate_on_oom: bool,
+}
+
+impl From<&BalloonConfig> for BalloonLayout {
+    fn from(config: &BalloonConfig) -> Self {
+        BalloonLayout {
+            target_bytes: config.target_bytes,
+            free_page_reporting: config.free_page_reporting,
+            stats_interval_ms: config
+                .stats_interval
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            deflate_on_oom: config.deflate_on_oom,
+        }
+    }
+}
+
+impl From<&BalloonLayout> for BalloonConfig {
+    fn from(layout: &BalloonLayout) -> Self {
+        BalloonConfig {
+            target_bytes: layout.target_bytes,
+            free_page_reporting: layout.free_page_reporting,
+            stats_interval: layout.stats_interval_ms.map(Duration::from_millis),
+            deflate_on_oom: layout.deflate_on_oom,
+        }
+    }
+}
+
 /// What the VM was built from, kept for its snapshots.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MachineLayout {
     pub vcpus: u8,
     pub mem_bytes: u64,
-    /// One per virtio slot, in slot order.
+    /// Disks then network cards, in slot order; the rng and the balloon follow them.
     pub backends: Vec<VirtioBackend>,
+    pub rng: bool,
+    pub balloon: Option<BalloonLayout>,
+    pub acpi: bool,
+}
+
+impl MachineLayout {
+    /// How many virtio slots the layout fills.
+    pub fn virtio_slots(&self) -> usize {
+        self.backends.len() + usize::from(self.rng) + usize::from(self.balloon.is_some())
+    }
 }
 
 /// The VM-wide KVM state.
@@ -284,11 +328,11 @@ fn check_consistent(snapshot: &VmSnapshot) -> Result<(), SnapshotError> {
             machine.vcpus
         )));
     }
-    if snapshot.devices.virtio.len() != machine.backends.len() {
+    if snapshot.devices.virtio.len() != machine.virtio_slots() {
         return Err(SnapshotError::Inconsistent(format!(
             "{} virtio device states for {} devices",
             snapshot.devices.virtio.len(),
-            machine.backends.len()
+            machine.virtio_slots()
         )));
     }
     Ok(())

@@ -2,11 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::I8042;
+use super::{OutputBuffer, I8042, OUTPUT_BUFFER_SIZE};
 use crate::state::{Persist, StateError};
-
-/// More output than the controller ever queues is refused.
-const MAX_OUTPUT: usize = 64;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct I8042Snapshot {
@@ -23,13 +20,15 @@ impl Persist for I8042 {
         I8042Snapshot {
             control: self.control,
             pending: self.pending,
-            output: self.output.iter().copied().collect(),
+            output: (0..self.output.len)
+                .map(|i| self.output.bytes[(self.output.head + i) % OUTPUT_BUFFER_SIZE])
+                .collect(),
             key_bytes: self.key_bytes,
         }
     }
 
     fn restore(&mut self, state: &I8042Snapshot) -> Result<(), StateError> {
-        if state.output.len() > MAX_OUTPUT || state.key_bytes > state.output.len() {
+        if state.output.len() > OUTPUT_BUFFER_SIZE || state.key_bytes > state.output.len() {
             return Err(StateError::new(
                 "i8042",
                 format!(
@@ -41,7 +40,10 @@ impl Persist for I8042 {
         }
         self.control = state.control;
         self.pending = state.pending;
-        self.output = state.output.iter().copied().collect();
+        self.output = OutputBuffer::default();
+        for &byte in &state.output {
+            self.output.push(byte);
+        }
         self.key_bytes = state.key_bytes;
         Ok(())
     }

@@ -43,7 +43,7 @@ impl Persist for SerialConsole {
             scratch: uart.scratch,
             fifo: uart.in_buffer,
             pending_input: self.pending_input.iter().copied().collect(),
-            bytes_out: self.bytes_out,
+            bytes_out: self.bytes_out(),
             loopback: self.loopback,
         }
     }
@@ -83,11 +83,11 @@ impl Persist for SerialConsole {
             ConsoleOutput::new(Box::new(std::io::sink())),
         );
         let old = std::mem::replace(&mut self.uart, placeholder);
-        let output = old.into_writer();
+        let mut output = old.into_writer();
+        output.bytes = state.bytes_out;
         self.uart = Serial::from_state(&registers, IrqTrigger(irq), NoEvents, output)
             .map_err(|e| refuse(format!("invalid UART state: {e:?}")))?;
         self.pending_input = state.pending_input.iter().copied().collect();
-        self.bytes_out = state.bytes_out;
         self.loopback = state.loopback;
         Ok(())
     }
