@@ -225,6 +225,8 @@ fn make_snapshot(vmm: Vmm, bin: &Path, dir: &Path, kernel: &Path) -> (PathBuf, P
                 &mem_arg,
                 "--snapshot-dir",
                 dir.to_str().unwrap(),
+                // The same devices as the Firecracker VM: serial only.
+                "--no-rng",
             ];
             spawn(vmm, bin, &sock, &args)
         }
