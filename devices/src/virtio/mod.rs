@@ -23,7 +23,7 @@ use thiserror::Error;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 
-pub use block::{Block, BlockError};
+pub use block::{Block, BlockEngine, BlockError, URING_IN_FLIGHT};
 pub use mmio::MmioTransport;
 pub use net::{Net, NetError};
 pub use tap::{Tap, TapError};
