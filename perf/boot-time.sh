@@ -10,7 +10,8 @@
 # --firecracker: default ../shared/anchors/firecracker beside the repository (or
 #   /work/shared/anchors/firecracker); its ldd libraries go into the payload.
 # --raw FILE keeps the payload's raw output (one RESULT line per boot) for later study.
-# Without --volt, builds a static release volt (crt-static, x86_64-unknown-linux-gnu).
+# Without --volt, builds the release volt (dynamic, like Firecracker; both run through the
+# payload's ld.so).
 # On machines whose /dev/kvm is paravirtual this runs inside ../shared/nested-kvm/run.sh: absolute
 # figures there are meaningless (the outer guest is TCG-emulated); only the ratios are.
 # See perf/README.md for what each figure means.
@@ -45,10 +46,11 @@ esac
 case " $vmms " in
   *" volt"*)
     if [ -z "$volt" ]; then
-      echo "boot-time: building a static release volt" >&2
-      (cd "$repo" && RUSTFLAGS='-C target-feature=+crt-static' \
-        cargo build --release --target x86_64-unknown-linux-gnu --bin volt >&2)
-      volt=$repo/target/x86_64-unknown-linux-gnu/release/volt
+      # The README's dynamic release build; make-payload brings its libraries, as it does
+      # for Firecracker, so both VMMs start the same way (through the payload's ld.so).
+      echo "boot-time: building the release volt" >&2
+      (cd "$repo" && cargo build --release --bin volt >&2)
+      volt=$repo/target/release/volt
     fi
     args+=(--volt "$volt") ;;
 esac
