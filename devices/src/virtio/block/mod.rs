@@ -125,13 +125,14 @@ enum Engine {
 
 /// A virtio-block device.
 pub struct Block {
+    /// First field, so it is dropped (and drains the requests in flight) before the file.
+    engine: Engine,
     file: File,
     read_only: bool,
     capacity_sectors: u64,
     disk_id: [u8; VIRTIO_BLK_ID_BYTES as usize],
     config: Vec<u8>,
     avail_features: u64,
-    engine: Engine,
     guest_errors: LogLimit,
 }
 
