@@ -265,8 +265,8 @@ impl Block {
         }
     }
 
-    /// Checks a chain; requests that need no disk are answered at once (returns true when a
-    /// used buffer was added), disk requests are handed back.
+    /// Checks a chain: requests that need no disk (errors, GET_ID) are answered at once and
+    /// give `None`; disk requests are handed back for the engine.
     fn triage(
         &mut self,
         chain: DescriptorChain<&GuestMemoryMmap>,
