@@ -51,6 +51,19 @@ one_boot() {
   fi
 }
 
+# One Firecracker boot with its ACPI tables in use (no acpi=off), its console kept for the
+# record: what the guest says about ACPI, virtio-mmio and the root device.
+case " $VMMS " in
+  *" firecracker "*)
+    FC_APPEND=
+    vmm_command firecracker 1 "$K/vmlinux" "$TMPD/bench.ext4" "" ""
+    PREFIX="timeout 60" run_vmm > "$TMPD/diag.out" 2>&1
+    echo "FC-ACPI-DIAG status=$? (Firecracker with ACPI; the timed boots add acpi=off)"
+    unset FC_APPEND
+    grep -aiE 'acpi|virtio|mmio|vda|root|LNRO|IOAPIC|panic|VOLT-INIT' "$TMPD/diag.out" | head -40 | sed 's/^/FC-ACPI-DIAG /'
+    ;;
+esac
+
 for cpus in $CPUS_LIST; do
   for console in $CONSOLES; do
     i=1

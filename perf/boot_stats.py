@@ -38,9 +38,13 @@ def parse(lines):
         if not line.startswith("RESULT "):
             continue
         fields = dict(w.split("=", 1) for w in line.split() if "=" in w)
+        if "kind" not in fields or "vmm" not in fields:
+            continue  # not a boot-time line (e.g. io-bench output in the same log)
         record = {k: int(v) for k, v in fields.items() if k not in TEXT_FIELDS and v.lstrip("-").isdigit()}
         case = (record.get("cpus", 1), fields.get("console", "on"))
-        if record.get("status") != 0:
+        # A boot that exits cleanly without the init marker (e.g. a guest panic with panic=1
+        # ends in a reboot) failed too.
+        if record.get("status") != 0 or record.get("marker_us", -1) < 0:
             failed[(fields["vmm"], case)] += 1
             runs["failed-" + fields["kind"]][case][fields["vmm"]].append(record)
             continue
@@ -165,7 +169,7 @@ def main():
     args = parser.parse_args()
     runs, failed = parse(sys.stdin)
     for (vmm, case), count in sorted(failed.items()):
-        print(f"{vmm} ({case_name(case)}): {count} boot(s) failed (VMM exit status != 0) and are left out")
+        print(f"{vmm} ({case_name(case)}): {count} boot(s) failed (no init marker or exit status != 0) and are left out")
     timed = runs.get("time", {})
     if not timed:
         print("no successful timed boots", file=sys.stderr)

@@ -27,6 +27,8 @@ def parse(lines):
         if len(words) < 4 or words[0] != "RESULT":
             continue
         kind = next((w for w in words if w.startswith("IOBENCH-")), None)
+        if kind is None:
+            continue  # not an io-bench line
         fields = dict(w.split("=", 1) for w in words if "=" in w)
         vmm = fields.get("vmm")
         for key, value in fields.items():

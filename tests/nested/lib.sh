@@ -25,7 +25,7 @@ BASE_CMDLINE="console=ttyS0 panic=1 pci=off i8042.noaux i8042.nomux i8042.nopnp 
 # VMM volt, qemu or firecracker. DISK/NET may be empty. APPEND is added to the default kernel
 # command line. Optional: EXTRA_DISK (a second disk, /dev/vdb), VOLT_DISK_OPTS (appended to
 # volt's --disk values, e.g. ",engine=sync"), FC_IO_ENGINE (Sync or Async for Firecracker's
-# drives), FC_EXTRA_ARGS (e.g. --no-seccomp).
+# drives), FC_EXTRA_ARGS (e.g. --no-seccomp), FC_APPEND (see below).
 vmm_command() {
   _vmm=$1 _cpus=$2 _kernel=$3 _disk=$4 _net=$5 _append=$6
   case $_vmm in
@@ -47,7 +47,11 @@ vmm_command() {
     firecracker)
       # Everything goes in one JSON file (--no-api --config-file); Firecracker adds root= and
       # the virtio-mmio entries to the command line itself, and exits on the i8042 reset.
-      VMM_CMDLINE="$BASE_CMDLINE reboot=k $_append"
+      # FC_APPEND (default acpi=off): Firecracker also describes its devices in ACPI tables,
+      # which Volt does not write; with them the project's ACPI=y kernel found no /dev/vda
+      # under Firecracker 1.17 in the nested bed. acpi=off gives the guest the same path as
+      # under Volt (MP table, virtio-mmio from the command line).
+      VMM_CMDLINE="$BASE_CMDLINE reboot=k ${FC_APPEND-acpi=off} $_append"
       _engine=${FC_IO_ENGINE:+,\"io_engine\":\"$FC_IO_ENGINE\"}
       _drives=
       [ -n "$_disk" ] && _drives="{\"drive_id\":\"rootfs\",\"path_on_host\":\"$_disk\",\"is_root_device\":true,\"is_read_only\":false$_engine}"
