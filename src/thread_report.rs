@@ -231,8 +231,10 @@ impl ThreadStates {
 }
 
 fn gettid() -> u32 {
+    // The raw system call, not glibc's gettid(): in a static (crt-static) release build the
+    // wrapper's symbol came out null and the first thread to report itself died of SIGSEGV.
     // SAFETY: gettid has no arguments and cannot fail.
-    let tid = unsafe { libc::gettid() };
+    let tid = unsafe { libc::syscall(libc::SYS_gettid) };
     u32::try_from(tid).unwrap_or(0)
 }
 
