@@ -44,8 +44,7 @@ pub fn is_serial_port(addr: u64) -> bool {
 }
 
 /// COM1's line status register.
-pub const SERIAL_LSR_PORT: u64 =
-    SERIAL_PORT_BASE as u64 + devices::serial::LINE_STATUS_REGISTER;
+pub const SERIAL_LSR_PORT: u64 = SERIAL_PORT_BASE as u64 + devices::serial::LINE_STATUS_REGISTER;
 
 /// A virtio device in its MMIO window.
 pub struct VirtioSlot {

@@ -26,7 +26,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use devices::acpi_sleep::AcpiSleep;
 use devices::i8042::I8042;
 use devices::serial::SerialConsole;
-use devices::virtio::{Block, MmioTransport, Net, VirtioDevice};
+use devices::virtio::{Block, BlockEngine, MmioTransport, Net, VirtioDevice};
 
 use crate::boot::{self, BootError};
 use crate::device_manager::{
@@ -56,10 +56,12 @@ pub enum BootSource {
 }
 
 /// A host file served to the guest as a virtio-block disk.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DiskConfig {
     pub path: PathBuf,
     pub read_only: bool,
+    /// io_uring or synchronous I/O; `Auto` picks io_uring where the kernel offers it.
+    pub engine: BlockEngine,
 }
 
 /// A host tap device behind a virtio-net card.
@@ -484,10 +486,15 @@ fn create_virtio_devices(
 ) -> Result<Vec<VirtioSlot>, VmError> {
     let mut models: Vec<Box<dyn VirtioDevice>> = Vec::new();
     for disk in &config.disks {
-        let block = Block::new(&disk.path, disk.read_only).map_err(|source| VmError::Disk {
-            path: disk.path.clone(),
-            source,
-        })?;
+        // The io_uring ring is set up here, before the sandbox applies.
+        let block =
+            Block::with_engine(&disk.path, disk.read_only, disk.engine).map_err(|source| {
+                VmError::Disk {
+                    path: disk.path.clone(),
+                    source,
+                }
+            })?;
+        log::info!("disk {}: {} engine", disk.path.display(), block.engine());
         models.push(Box::new(block));
     }
     for net in &config.nets {

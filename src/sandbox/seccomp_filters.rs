@@ -308,6 +308,11 @@ const EVENT_LOOP: &[AllowedSyscall] = &[
     allow("lseek", libc::SYS_lseek, "disk image size / position"),
     allow("fsync", libc::SYS_fsync, "virtio-blk flush"),
     allow("fdatasync", libc::SYS_fdatasync, "virtio-blk flush"),
+    allow(
+        "io_uring_enter",
+        libc::SYS_io_uring_enter,
+        "virtio-blk io_uring engine: submit requests, wait for them on reset (ring set up before the filter)",
+    ),
     allow("fstat", libc::SYS_fstat, "disk image size"),
     allow(
         "timerfd_settime",
