@@ -1,8 +1,5 @@
 //! Builds a VM from a [`VmConfig`] and runs it: KVM objects, guest memory, boot state, devices,
 //! then one thread per vCPU plus the event-loop thread.
-// TODO(issue 12): two `as u32` casts (ioeventfd datamatch, memory slot) to be proven or
-// converted by the lead at merge; then drop this allow.
-#![allow(clippy::cast_possible_truncation)]
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -520,10 +517,10 @@ fn create_virtio_devices(
             .map_err(kvm_err("KVM_IRQFD (virtio)"))?;
         let transport =
             MmioTransport::new(model, mem.clone(), irq_evt).map_err(io_err("virtio transport"))?;
-        for (queue, evt) in transport.queue_events().iter().enumerate() {
+        for (queue, evt) in (0u32..).zip(transport.queue_events()) {
             let notify = IoEventAddress::Mmio(base + VIRTIO_MMIO_QUEUE_NOTIFY);
             vm_fd
-                .register_ioevent(evt, &notify, queue as u32)
+                .register_ioevent(evt, &notify, queue)
                 .map_err(kvm_err("KVM_IOEVENTFD"))?;
         }
         slots.push(VirtioSlot {
@@ -554,7 +551,7 @@ fn open(path: &PathBuf, what: &'static str) -> Result<File, VmError> {
 }
 
 fn map_guest_memory(vm_fd: &VmFd, mem: &GuestMemoryMmap) -> Result<(), VmError> {
-    for (slot, region) in mem.iter().enumerate() {
+    for (slot, region) in (0u32..).zip(mem.iter()) {
         let host = mem
             .get_host_address(region.start_addr())
             .map_err(|e| VmError::Io {
@@ -562,7 +559,7 @@ fn map_guest_memory(vm_fd: &VmFd, mem: &GuestMemoryMmap) -> Result<(), VmError> 
                 source: io::Error::other(e),
             })?;
         let region = kvm_userspace_memory_region {
-            slot: slot as u32,
+            slot,
             guest_phys_addr: region.start_addr().raw_value(),
             memory_size: region.len(),
             userspace_addr: host as u64,
