@@ -16,6 +16,7 @@ mod block;
 mod mmio;
 mod net;
 mod tap;
+mod vsock;
 
 use std::os::unix::io::RawFd;
 
@@ -27,6 +28,10 @@ pub use block::{Block, BlockError};
 pub use mmio::MmioTransport;
 pub use net::{Net, NetError};
 pub use tap::{Tap, TapError};
+pub use vsock::{
+    Vsock, VsockCounters, VsockError, VsockMetrics, CONN_BUF_ALLOC as VSOCK_CONN_BUF_ALLOC,
+    MAX_CONNECTIONS as VSOCK_MAX_CONNECTIONS, VIRTIO_ID_VSOCK,
+};
 
 /// Feature bit: the device complies with virtio 1.x (mandatory for this transport).
 pub const VIRTIO_F_VERSION_1: u64 = 1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
