@@ -13,3 +13,4 @@ pub mod sandbox;
 pub mod terminal;
 pub mod vcpu;
 pub mod vm;
+pub mod vsock;

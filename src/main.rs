@@ -78,6 +78,7 @@ fn run_vm(args: &RunArgs) -> Result<ExitCode, String> {
         },
         disks: args.disks.clone(),
         nets: args.nets.clone(),
+        vsock: args.vsock.clone(),
         console_out: Box::new(io::stdout()),
         console_in: Some(0),
         seccomp,

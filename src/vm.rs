@@ -70,6 +70,7 @@ pub struct VmConfig {
     /// The first disk is /dev/vda.
     pub disks: Vec<DiskConfig>,
     pub nets: Vec<NetConfig>,
+    pub vsock: Option<crate::vsock::VsockConfig>,
     /// Where the guest's serial console goes.
     pub console_out: Box<dyn Write + Send>,
     /// Host input for the guest's serial console (stdin), if any.
@@ -119,7 +120,9 @@ pub enum VmError {
         tap: String,
         source: devices::virtio::NetError,
     },
-    #[error("too many virtio devices: at most {} disks and network cards together", VIRTIO_IRQS.len())]
+    #[error(transparent)]
+    Vsock(#[from] devices::virtio::VsockError),
+    #[error("too many virtio devices: at most {} disks, network cards and other virtio devices together", VIRTIO_IRQS.len())]
     TooManyDevices,
     #[error("the event loop failed: {0}")]
     EventLoop(io::Error),
@@ -169,7 +172,11 @@ impl Vm {
         create_interrupt_controllers(&vm_fd)?;
 
         // Devices first: a missing disk or tap is reported before any kernel work.
-        let virtio = create_virtio_devices(&vm_fd, &mem, &config.disks, &config.nets)?;
+        let mut extra: Vec<Box<dyn VirtioDevice>> = Vec::new();
+        if let Some(vsock) = &config.vsock {
+            extra.push(Box::new(vsock.build()?));
+        }
+        let virtio = create_virtio_devices(&vm_fd, &mem, &config.disks, &config.nets, extra)?;
         let entry = match &config.boot {
             BootSource::Linux {
                 kernel,
@@ -394,6 +401,7 @@ fn create_virtio_devices(
     mem: &GuestMemoryMmap,
     disks: &[DiskConfig],
     nets: &[NetConfig],
+    extra: Vec<Box<dyn VirtioDevice>>,
 ) -> Result<Vec<VirtioSlot>, VmError> {
     let mut models: Vec<Box<dyn VirtioDevice>> = Vec::new();
     for disk in disks {
@@ -410,6 +418,7 @@ fn create_virtio_devices(
         })?;
         models.push(Box::new(card));
     }
+    models.extend(extra);
     let mut slots = Vec::with_capacity(models.len());
     for (index, model) in models.into_iter().enumerate() {
         let (base, irq) = virtio_slot(index).ok_or(VmError::TooManyDevices)?;

@@ -87,6 +87,7 @@ pub fn run_raw_guest_with_disks(
         },
         disks,
         nets: Vec::new(),
+        vsock: None,
         console_out: Box::new(console.clone()),
         console_in: None,
         seccomp,

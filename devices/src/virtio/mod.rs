@@ -30,7 +30,8 @@ pub use net::{Net, NetError};
 pub use tap::{Tap, TapError};
 pub use vsock::{
     Vsock, VsockCounters, VsockError, VsockMetrics, CONN_BUF_ALLOC as VSOCK_CONN_BUF_ALLOC,
-    MAX_CONNECTIONS as VSOCK_MAX_CONNECTIONS, VIRTIO_ID_VSOCK,
+    MAX_CONNECTIONS as VSOCK_MAX_CONNECTIONS, MAX_GUEST_CID as VSOCK_MAX_GUEST_CID,
+    MIN_GUEST_CID as VSOCK_MIN_GUEST_CID, VIRTIO_ID_VSOCK,
 };
 
 /// Feature bit: the device complies with virtio 1.x (mandatory for this transport).
