@@ -30,6 +30,7 @@ vmm_command() {
       VMM_ARGS="volt --kernel $_kernel --cpus $_cpus --mem ${GUEST_MEM_MB}M --log-level info"
       [ -n "$_disk" ] && VMM_ARGS="$VMM_ARGS --disk $_disk"
       [ -n "$_net" ] && VMM_ARGS="$VMM_ARGS --net $_net"
+      [ -n "${VMM_EXTRA:-}" ] && VMM_ARGS="$VMM_ARGS $VMM_EXTRA" # e.g. --vsock (set by the caller)
       VMM_CMDLINE="$BASE_CMDLINE reboot=k $_append" ;;
     qemu)
       # microvm has no i8042 for reboot=k: a triple fault (reboot=t) + -no-reboot ends QEMU.
@@ -58,6 +59,7 @@ run_vmm() {
 #   VOLT-CASE-BEGIN NAME / <VMM stdout = guest serial> / VOLT-CASE-STDERR / <VMM stderr> /
 #   HOST-... lines / VOLT-CASE-END NAME status=S seconds=T
 # With PING_ADDR, the host pings it once the guest printed VOLT-NET-UP (HOST-PING-OK/FAILED).
+# With CASE_HOOK set, that command runs beside the VMM; its output joins the HOST- lines.
 boot_case() {
   _name=$1 _ping=${8:-}
   vmm_command "$2" "$3" "$4" "$5" "$6" "$7" || return 1
@@ -65,6 +67,8 @@ boot_case() {
   echo "VOLT-CASE-COMMAND $VMM_ARGS :: $VMM_CMDLINE"
   : > "$TMPD/case.out"; : > "$TMPD/case.err"; : > "$TMPD/case.host"
   _t0=$(date +%s)
+  _hook=
+  if [ -n "${CASE_HOOK:-}" ]; then $CASE_HOOK >> "$TMPD/case.hook" 2>&1 & _hook=$!; fi
   PREFIX="timeout $CASE_TIMEOUT" run_vmm > "$TMPD/case.out" 2> "$TMPD/case.err" &
   _pid=$!
   if [ -n "$_ping" ]; then
@@ -84,6 +88,7 @@ boot_case() {
   fi
   wait $_pid
   _status=$?
+  if [ -n "$_hook" ]; then wait $_hook; cat "$TMPD/case.hook" >> "$TMPD/case.host"; rm -f "$TMPD/case.hook"; fi
   cat "$TMPD/case.out"
   echo
   echo "VOLT-CASE-STDERR"
