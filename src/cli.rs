@@ -101,6 +101,12 @@ pub struct RunArgs {
     /// Print every thread's seccomp allow-list and exit.
     #[arg(long)]
     pub print_seccomp: bool,
+
+    /// Print a report of what every thread is doing when neither a vCPU nor the event loop made
+    /// progress for SECS seconds (an idle guest also makes none). `kill -USR1 <pid>` prints the
+    /// same report at any time.
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub watchdog: Option<u64>,
 }
 
 impl RunArgs {

@@ -10,6 +10,7 @@ use devices::BusDevice;
 use mio::Interest;
 
 use crate::boot::layout::{VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE};
+use crate::fast_path::LineStatusMirror;
 use crate::vcpu::AddressSpace;
 
 /// COM1.
@@ -35,6 +36,14 @@ pub fn virtio_cmdline_entry(base: u64, irq: u32) -> String {
     format!("virtio_mmio.device=4K@{base:#x}:{irq}")
 }
 
+/// Whether port `addr` belongs to COM1.
+pub fn is_serial_port(addr: u64) -> bool {
+    (u64::from(SERIAL_PORT_BASE)..u64::from(SERIAL_PORT_BASE + SERIAL_PORT_COUNT)).contains(&addr)
+}
+
+/// COM1's line status register.
+pub const SERIAL_LSR_PORT: u64 = SERIAL_PORT_BASE as u64 + devices::serial::LINE_STATUS_REGISTER;
+
 /// A virtio device in its MMIO window.
 pub struct VirtioSlot {
     pub base: u64,
@@ -56,10 +65,14 @@ pub struct Devices {
     pub i8042: I8042,
     pub virtio: Vec<VirtioSlot>,
     events: Vec<DeviceEvent>,
+    /// The UART's line status, published for the vCPU threads after every UART access.
+    line_status: LineStatusMirror,
 }
 
 impl Devices {
-    pub fn new(serial: SerialConsole, i8042: I8042, virtio: Vec<VirtioSlot>) -> Self {
+    pub fn new(mut serial: SerialConsole, i8042: I8042, virtio: Vec<VirtioSlot>) -> Self {
+        let line_status = LineStatusMirror::default();
+        line_status.publish(serial.stable_line_status());
         let mut events = Vec::new();
         for (slot, device) in virtio.iter().enumerate() {
             let queues = device.transport.queue_events().len();
@@ -72,7 +85,19 @@ impl Devices {
             i8042,
             virtio,
             events,
+            line_status,
         }
+    }
+
+    /// The vCPU threads' view of the UART line status (see [`crate::fast_path`]).
+    pub fn line_status_mirror(&self) -> LineStatusMirror {
+        self.line_status.clone()
+    }
+
+    /// Host console input for the guest.
+    pub fn queue_console_input(&mut self, bytes: &[u8]) {
+        self.serial.queue_input(bytes);
+        self.line_status.publish(self.serial.stable_line_status());
     }
 
     /// The fds the loop must watch for the devices; the position of each is the `index`
@@ -131,23 +156,33 @@ impl Devices {
 
     /// Returns false when no device claims the address (the read then yields zeros).
     pub fn read(&mut self, space: AddressSpace, addr: u64, data: &mut [u8]) -> bool {
-        match self.device_at(space, addr) {
+        let claimed = match self.device_at(space, addr) {
             Some((device, offset)) => {
                 device.read(offset, data);
                 true
             }
             None => false,
-        }
+        };
+        self.after_access(space, addr);
+        claimed
     }
 
     /// Returns false when no device claims the address (the write is dropped).
     pub fn write(&mut self, space: AddressSpace, addr: u64, data: &[u8]) -> bool {
-        match self.device_at(space, addr) {
+        let claimed = match self.device_at(space, addr) {
             Some((device, offset)) => {
                 device.write(offset, data);
                 true
             }
             None => false,
+        };
+        self.after_access(space, addr);
+        claimed
+    }
+
+    fn after_access(&mut self, space: AddressSpace, addr: u64) {
+        if space == AddressSpace::Pio && is_serial_port(addr) {
+            self.line_status.publish(self.serial.stable_line_status());
         }
     }
 }

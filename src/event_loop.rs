@@ -15,6 +15,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::device_manager::{DeviceEvent, Devices};
+use crate::thread_report::{LoopPhase, ThreadStates};
 use crate::vcpu::{AddressSpace, IoData, VcpuMessage, VcpuStop};
 
 const VCPU_TOKEN: Token = Token(0);
@@ -51,6 +52,8 @@ impl VmExit {
 pub struct LoopStats {
     pub pio_exits: u64,
     pub mmio_exits: u64,
+    /// Port reads the vCPU threads answered without the loop (see [`crate::fast_path`]).
+    pub pio_answered_on_vcpu: u64,
     /// Accesses no device claimed: (address space, address, is write).
     pub unhandled: Vec<(AddressSpace, u64, bool)>,
     pub console_bytes: u64,
@@ -72,6 +75,7 @@ pub struct EventLoop {
     stdin: Option<RawFd>,
     vcpus_running: usize,
     stats: LoopStats,
+    states: Arc<ThreadStates>,
 }
 
 impl EventLoop {
@@ -83,8 +87,9 @@ impl EventLoop {
         devices: Devices,
         reset_evt: EventFd,
         stdin: Option<RawFd>,
-        vcpu_count: usize,
+        states: Arc<ThreadStates>,
     ) -> io::Result<Self> {
+        let vcpu_count = states.vcpus.len();
         let registry = poll.registry();
         registry.register(
             &mut SourceFd(&reset_evt.as_raw_fd()),
@@ -117,23 +122,37 @@ impl EventLoop {
             stdin,
             vcpus_running: vcpu_count,
             stats: LoopStats::default(),
+            states,
         })
     }
 
     /// Serves the VM until it ends.
+    /// The thread's id must already be published ([`crate::thread_report::LoopState::started`]).
     pub fn run(mut self) -> io::Result<(VmExit, LoopStats)> {
+        let result = self.serve();
+        self.states.event_loop.set(LoopPhase::Finished, 0);
+        result
+    }
+
+    fn serve(&mut self) -> io::Result<(VmExit, LoopStats)> {
         let mut events = Events::with_capacity(64);
         loop {
+            self.states.event_loop.set(LoopPhase::Polling, 0);
             if let Err(e) = self.poll.poll(&mut events, None) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
                 return Err(e);
             }
+            self.states.event_loop.woke();
             for event in events.iter() {
                 let outcome = match event.token() {
-                    VCPU_TOKEN => self.drain_vcpu_messages(),
+                    VCPU_TOKEN => {
+                        self.states.event_loop.set(LoopPhase::VcpuMessages, 0);
+                        self.drain_vcpu_messages()
+                    }
                     STDIN_TOKEN => {
+                        self.states.event_loop.set(LoopPhase::ConsoleInput, 0);
                         self.read_console_input();
                         None
                     }
@@ -142,7 +161,11 @@ impl EventLoop {
                         Some(VmExit::Reset)
                     }
                     Token(token) => {
-                        let event = self.devices.handle_event_source(token - FIRST_DEVICE_TOKEN);
+                        let source = token - FIRST_DEVICE_TOKEN;
+                        self.states
+                            .event_loop
+                            .set(LoopPhase::DeviceEvent, source as u64);
+                        let event = self.devices.handle_event_source(source);
                         if let Some(DeviceEvent::QueueKick { .. }) = event {
                             self.stats.queue_kicks += 1;
                         }
@@ -151,7 +174,7 @@ impl EventLoop {
                 };
                 if let Some(exit) = outcome {
                     self.finish();
-                    return Ok((exit, self.stats));
+                    return Ok((exit, std::mem::take(&mut self.stats)));
                 }
             }
             self.flush_console();
@@ -164,6 +187,7 @@ impl EventLoop {
     }
 
     fn flush_console(&mut self) {
+        self.states.event_loop.set(LoopPhase::ConsoleOutput, 0);
         if let Err(e) = self.devices.serial.flush_output() {
             log::warn!("console output failed: {e}");
         }
@@ -171,6 +195,7 @@ impl EventLoop {
 
     fn drain_vcpu_messages(&mut self) -> Option<VmExit> {
         while let Ok(message) = self.vcpu_rx.try_recv() {
+            self.states.event_loop.served_message();
             match message {
                 VcpuMessage::Write {
                     space,
@@ -249,7 +274,7 @@ impl EventLoop {
                     self.stdin = None;
                     return;
                 }
-                Ok(n) => self.devices.serial.queue_input(&buf[..n]),
+                Ok(n) => self.devices.queue_console_input(&buf[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {

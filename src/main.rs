@@ -82,6 +82,7 @@ fn run_vm(args: &RunArgs) -> Result<ExitCode, String> {
         console_out: Box::new(io::stdout()),
         console_in: Some(0),
         seccomp,
+        watchdog: args.watchdog.map(std::time::Duration::from_secs),
     };
     let vm = Vm::build(config).map_err(|e| e.to_string())?;
 
@@ -106,9 +107,10 @@ fn run_vm(args: &RunArgs) -> Result<ExitCode, String> {
     let (exit, stats) = running.wait().map_err(|e| e.to_string())?;
     let _ = io::stdout().flush();
     log::info!(
-        "guest ended ({exit:?}) after {} ms: {} port and {} MMIO exits, {} console bytes",
+        "guest ended ({exit:?}) after {} ms: {} port exits (+{} answered on the vCPU threads) and {} MMIO exits, {} console bytes",
         clock::since_start().as_millis(),
         stats.pio_exits,
+        stats.pio_answered_on_vcpu,
         stats.mmio_exits,
         stats.console_bytes
     );

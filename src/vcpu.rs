@@ -18,7 +18,10 @@ use mio::Waker;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::clock;
+use crate::device_manager::{is_serial_port, SERIAL_LSR_PORT, SERIAL_PORT_BASE};
+use crate::fast_path::LineStatusMirror;
 use crate::sandbox::{apply_seccomp, SeccompMode, ThreadKind};
+use crate::thread_report::{Access, ThreadStates, VcpuPhase, VcpuState};
 
 /// How long a vCPU waits for the loop's answer before it checks whether it must stop.
 const REPLY_WAIT_SLICE: std::time::Duration = std::time::Duration::from_millis(20);
@@ -98,6 +101,8 @@ pub enum VcpuMessage {
 pub struct LoopLink {
     pub sender: Sender<VcpuMessage>,
     pub waker: Arc<Waker>,
+    /// UART line status reads are answered from here when the loop published a value.
+    pub line_status: LineStatusMirror,
 }
 
 impl LoopLink {
@@ -156,11 +161,14 @@ pub fn spawn_vcpu(
     link: LoopLink,
     stop: Arc<AtomicBool>,
     seccomp: SeccompMode,
+    states: Arc<ThreadStates>,
 ) -> std::io::Result<VcpuHandle> {
     install_kick_handler();
     let thread = thread::Builder::new()
         .name(format!("volt-vcpu{index}"))
         .spawn(move || {
+            let state = &states.vcpus[index];
+            state.started();
             if let Err(e) = apply_seccomp(ThreadKind::Vcpu, seccomp) {
                 let reason =
                     VcpuStop::Error(format!("cannot install the vCPU seccomp filter: {e}"));
@@ -170,7 +178,8 @@ pub fn spawn_vcpu(
                 });
                 return;
             }
-            let reason = run_vcpu(index, vcpu, &link, &stop);
+            let reason = run_vcpu(index, vcpu, &link, &stop, state);
+            state.set(VcpuPhase::Stopped);
             log::debug!("vcpu{index} stopped: {reason:?}");
             link.send(VcpuMessage::Stopped {
                 vcpu: index,
@@ -180,13 +189,20 @@ pub fn spawn_vcpu(
     Ok(VcpuHandle { index, thread })
 }
 
-fn run_vcpu(index: usize, mut vcpu: VcpuFd, link: &LoopLink, stop: &AtomicBool) -> VcpuStop {
+fn run_vcpu(
+    index: usize,
+    mut vcpu: VcpuFd,
+    link: &LoopLink,
+    stop: &AtomicBool,
+    state: &VcpuState,
+) -> VcpuStop {
     // One reply channel per thread, reused for every read.
     let (reply_tx, reply_rx) = bounded::<IoData>(1);
     // The loop may end (guest reset) with our request still queued: it is never answered, and
     // as this thread holds a sender itself the channel never disconnects. So wait in slices and
     // give up once the VMM asks the thread to stop.
     let wait_for_loop = || -> Option<IoData> {
+        state.set(VcpuPhase::WaitingReply);
         loop {
             match reply_rx.recv_timeout(REPLY_WAIT_SLICE) {
                 Ok(answer) => return Some(answer),
@@ -196,6 +212,7 @@ fn run_vcpu(index: usize, mut vcpu: VcpuFd, link: &LoopLink, stop: &AtomicBool) 
         }
     };
     let write_and_wait = |space, addr, data: &[u8]| -> bool {
+        state.sending(access(space, addr, true, data.len()));
         let data = IoData::from_slice(data);
         let request = VcpuMessage::Write {
             vcpu: index,
@@ -207,6 +224,7 @@ fn run_vcpu(index: usize, mut vcpu: VcpuFd, link: &LoopLink, stop: &AtomicBool) 
         link.send(request) && wait_for_loop().is_some()
     };
     let read = |space, addr, data: &mut [u8]| -> bool {
+        state.sending(access(space, addr, false, data.len()));
         let len = data.len().min(8);
         let request = VcpuMessage::Read {
             vcpu: index,
@@ -226,6 +244,7 @@ fn run_vcpu(index: usize, mut vcpu: VcpuFd, link: &LoopLink, stop: &AtomicBool) 
             None => false,
         }
     };
+    let mut pio_buf = [0u8; PIO_DATA_MAX];
     if index == 0 {
         log::info!(
             "vcpu0 entered guest after {} us",
@@ -236,15 +255,56 @@ fn run_vcpu(index: usize, mut vcpu: VcpuFd, link: &LoopLink, stop: &AtomicBool) 
         if stop.load(Ordering::Acquire) {
             return VcpuStop::Requested;
         }
+        state.set(VcpuPhase::InGuest);
         let delivered = match vcpu.run() {
-            Ok(VcpuExit::IoOut(port, data)) => link.send(VcpuMessage::Write {
-                vcpu: index,
-                space: AddressSpace::Pio,
-                addr: port.into(),
-                data: IoData::from_slice(data),
-                done: None,
-            }),
-            Ok(VcpuExit::IoIn(port, data)) => read(AddressSpace::Pio, port.into(), data),
+            // A string instruction (`rep outsb`, `rep insw`, ...) exits once with up to a page of
+            // data: `count` accesses of `size` bytes, each of which the device must see.
+            Ok(VcpuExit::IoIn(port, data))
+                if u64::from(port) == SERIAL_LSR_PORT && data.len() == 1 =>
+            {
+                match link.line_status.get() {
+                    Some(lsr) => {
+                        data[0] = lsr;
+                        state.answered_locally();
+                        true
+                    }
+                    None => read(AddressSpace::Pio, port.into(), data),
+                }
+            }
+            // A string instruction (`rep outsb`, `rep insw`, ...) exits once with up to a page of
+            // data: `count` accesses of `size` bytes, each of which the device must see.
+            Ok(VcpuExit::IoOut(port, data)) => {
+                let len = data.len().min(pio_buf.len());
+                pio_buf[..len].copy_from_slice(&data[..len]);
+                let size = pio_access_size(&mut vcpu);
+                // UART mode changes take effect before the guest goes on: the loop republishes
+                // the line status the fast path answers from (see crate::fast_path).
+                let wait = is_serial_port(port.into()) && port != SERIAL_PORT_BASE;
+                pio_buf[..len].chunks(size).all(|chunk| {
+                    if wait {
+                        return write_and_wait(AddressSpace::Pio, port.into(), chunk);
+                    }
+                    state.sending(access(AddressSpace::Pio, port.into(), true, chunk.len()));
+                    link.send(VcpuMessage::Write {
+                        vcpu: index,
+                        space: AddressSpace::Pio,
+                        addr: port.into(),
+                        data: IoData::from_slice(chunk),
+                        done: None,
+                    })
+                })
+            }
+            Ok(VcpuExit::IoIn(port, data)) => {
+                let len = data.len().min(pio_buf.len());
+                let size = pio_access_size(&mut vcpu);
+                let delivered = pio_buf[..len]
+                    .chunks_mut(size)
+                    .all(|chunk| read(AddressSpace::Pio, port.into(), chunk));
+                if delivered {
+                    pio_in_data(&mut vcpu).copy_from_slice(&pio_buf[..len]);
+                }
+                delivered
+            }
             Ok(VcpuExit::MmioWrite(addr, data)) => write_and_wait(AddressSpace::Mmio, addr, data),
             Ok(VcpuExit::MmioRead(addr, data)) => read(AddressSpace::Mmio, addr, data),
             Ok(VcpuExit::Shutdown) => return VcpuStop::Shutdown,
@@ -277,5 +337,39 @@ fn run_vcpu(index: usize, mut vcpu: VcpuFd, link: &LoopLink, stop: &AtomicBool) 
         if !delivered {
             return VcpuStop::Requested;
         }
+    }
+}
+
+/// The most data one port-I/O exit carries: KVM's I/O data page.
+const PIO_DATA_MAX: usize = 4096;
+
+/// Bytes per access (1, 2 or 4) of the port-I/O exit the vCPU is in.
+fn pio_access_size(vcpu: &mut VcpuFd) -> usize {
+    let run = vcpu.get_kvm_run();
+    // SAFETY: the last exit was KVM_EXIT_IO, so `io` is the active member of the union.
+    let size = usize::from(unsafe { run.__bindgen_anon_1.io.size });
+    size.clamp(1, 8)
+}
+
+/// The data area of the port-input exit the vCPU is in, where the guest's bytes go.
+fn pio_in_data(vcpu: &mut VcpuFd) -> &mut [u8] {
+    let run = vcpu.get_kvm_run();
+    // SAFETY: the last exit was KVM_EXIT_IO, so `io` is the active member of the union.
+    let io = unsafe { run.__bindgen_anon_1.io };
+    let len = (usize::from(io.size) * io.count as usize).min(PIO_DATA_MAX);
+    let offset = usize::try_from(io.data_offset).unwrap_or(usize::MAX);
+    let base = (run as *mut kvm_bindings::kvm_run).cast::<u8>();
+    // SAFETY: KVM maps the run structure and its I/O data page together (the mapping is
+    // KVM_GET_VCPU_MMAP_SIZE bytes, at least two pages) and puts `size * count` bytes of data at
+    // `data_offset` within it, which is what kvm-ioctls' own IoIn slice covers as well.
+    unsafe { std::slice::from_raw_parts_mut(base.add(offset), len) }
+}
+
+fn access(space: AddressSpace, addr: u64, write: bool, len: usize) -> Access {
+    Access {
+        space,
+        addr,
+        write,
+        len: u8::try_from(len).unwrap_or(u8::MAX),
     }
 }

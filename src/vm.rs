@@ -31,7 +31,8 @@ use crate::device_manager::{
 };
 use crate::event_loop::{EventLoop, LoopStats, VmExit};
 use crate::sandbox::{apply_seccomp, SeccompMode, ThreadKind};
-use crate::vcpu::{spawn_vcpu, LoopLink, VcpuHandle};
+use crate::thread_report::{wait_reporting, ReportSignal, ThreadStates};
+use crate::vcpu::{spawn_vcpu, LoopLink, VcpuHandle, VcpuMessage};
 
 /// The most vCPUs the MP table can describe (I/O APIC id = vCPU count must stay below 255).
 pub const MAX_VCPUS: u8 = boot::MAX_CPUS;
@@ -76,6 +77,8 @@ pub struct VmConfig {
     /// Host input for the guest's serial console (stdin), if any.
     pub console_in: Option<RawFd>,
     pub seccomp: SeccompMode,
+    /// Print a thread report when no thread made progress for this long (`--watchdog`).
+    pub watchdog: Option<std::time::Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -158,6 +161,7 @@ pub struct Vm {
     reset_evt: EventFd,
     console_in: Option<RawFd>,
     seccomp: SeccompMode,
+    watchdog: Option<std::time::Duration>,
 }
 
 impl Vm {
@@ -249,20 +253,23 @@ impl Vm {
             reset_evt,
             console_in: config.console_in,
             seccomp: config.seccomp,
+            watchdog: config.watchdog,
         })
     }
 
     /// Starts the event loop and the vCPUs; each thread installs its own seccomp filter first.
     /// Termination signals stay with the calling thread: the workers are spawned with them
     /// blocked, so a Ctrl-C is handled where the terminal may be restored.
+    /// `SIGUSR1` is held for the thread reports (see [`crate::thread_report`]) while the VM runs.
     pub fn start(self) -> Result<RunningVm, VmError> {
+        let report_signal = ReportSignal::block().map_err(io_err("signalfd for SIGUSR1"))?;
         let previous = block_termination_signals();
-        let result = self.spawn_threads();
+        let result = self.spawn_threads(report_signal);
         restore_signal_mask(&previous);
         result
     }
 
-    fn spawn_threads(self) -> Result<RunningVm, VmError> {
+    fn spawn_threads(self, report_signal: ReportSignal) -> Result<RunningVm, VmError> {
         let Vm {
             _kvm,
             _vm_fd,
@@ -273,11 +280,14 @@ impl Vm {
             reset_evt,
             console_in,
             seccomp,
+            watchdog,
         } = self;
         // Bounded, so a guest that floods the loop with writes is slowed down, not buffered.
         let (sender, receiver) = bounded(1024);
         let waker = Arc::new(Waker::new(poll.registry(), Token(0)).map_err(io_err("waker"))?);
         let vcpu_count = vcpus.len();
+        let states = Arc::new(ThreadStates::new(vcpu_count));
+        let line_status = devices.line_status_mirror();
         let event_loop = EventLoop::new(
             poll,
             waker.clone(),
@@ -285,15 +295,22 @@ impl Vm {
             devices,
             reset_evt,
             console_in,
-            vcpu_count,
+            states.clone(),
         )
         .map_err(VmError::EventLoop)?;
+        // Written when the loop thread ends, however it ends: the main thread waits on it.
+        let loop_done = EventFd::new(EFD_NONBLOCK).map_err(io_err("eventfd"))?;
+        let loop_done_writer = loop_done.try_clone().map_err(io_err("eventfd"))?;
+        let loop_states = states.clone();
         let loop_thread = thread::Builder::new()
             .name("volt-loop".into())
             .spawn(move || {
-                apply_seccomp(ThreadKind::EventLoop, seccomp)
-                    .map_err(|e| io::Error::other(e.to_string()))?;
-                event_loop.run()
+                loop_states.event_loop.started(); // gettid: before the filter
+                let result = apply_seccomp(ThreadKind::EventLoop, seccomp)
+                    .map_err(|e| io::Error::other(e.to_string()))
+                    .and_then(|()| event_loop.run());
+                let _ = loop_done_writer.write(1);
+                result
             })
             .map_err(io_err("spawning the event loop"))?;
 
@@ -303,8 +320,9 @@ impl Vm {
             let link = LoopLink {
                 sender: sender.clone(),
                 waker: waker.clone(),
+                line_status: line_status.clone(),
             };
-            match spawn_vcpu(index, vcpu, link, stop.clone(), seccomp) {
+            match spawn_vcpu(index, vcpu, link, stop.clone(), seccomp, states.clone()) {
                 Ok(handle) => handles.push(handle),
                 Err(e) => {
                     stop.store(true, Ordering::Release);
@@ -318,6 +336,11 @@ impl Vm {
         }
         Ok(RunningVm {
             loop_thread,
+            loop_done,
+            report_signal,
+            states,
+            channel: sender,
+            watchdog,
             vcpus: handles,
             stop,
             _vm_fd,
@@ -355,6 +378,12 @@ fn restore_signal_mask(previous: &libc::sigset_t) {
 /// A started VM: the event-loop thread and the vCPU threads.
 pub struct RunningVm {
     loop_thread: JoinHandle<io::Result<(VmExit, LoopStats)>>,
+    loop_done: EventFd,
+    report_signal: ReportSignal,
+    states: Arc<ThreadStates>,
+    /// Only for the channel depth in thread reports.
+    channel: crossbeam_channel::Sender<VcpuMessage>,
+    watchdog: Option<std::time::Duration>,
     vcpus: Vec<VcpuHandle>,
     stop: Arc<AtomicBool>,
     // Dropped last: the vCPU threads must be gone before the guest memory is unmapped and
@@ -366,12 +395,24 @@ pub struct RunningVm {
 
 impl RunningVm {
     /// Waits for the guest to end, then stops every vCPU thread.
+    /// Until then it prints a thread report for every `SIGUSR1` (and on a `--watchdog` stall).
     pub fn wait(self) -> Result<(VmExit, LoopStats), VmError> {
+        wait_reporting(
+            &self.loop_done,
+            &self.report_signal,
+            &self.states,
+            &self.channel,
+            self.watchdog,
+        );
+        drop(self.channel);
         let result = self.loop_thread.join();
         self.stop.store(true, Ordering::Release);
         self.vcpus.into_iter().for_each(VcpuHandle::stop_and_join);
         match result {
-            Ok(Ok(outcome)) => Ok(outcome),
+            Ok(Ok((exit, mut stats))) => {
+                stats.pio_answered_on_vcpu = self.states.answered_locally();
+                Ok((exit, stats))
+            }
             Ok(Err(e)) => Err(VmError::EventLoop(e)),
             Err(_) => Err(VmError::EventLoopPanicked),
         }

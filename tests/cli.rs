@@ -10,8 +10,13 @@ use std::process::{Command, Output};
 use common::*;
 use iced_x86::code_asm::*;
 
+/// This build's volt, or the binary `VOLT_TEST_BIN` names (tests/run.sh runs these tests again
+/// against the release builds users run: the dynamic one and the static one).
 fn volt() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_volt"))
+    match std::env::var_os("VOLT_TEST_BIN") {
+        Some(bin) => Command::new(bin),
+        None => Command::new(env!("CARGO_BIN_EXE_volt")),
+    }
 }
 
 /// An ELF64 executable whose single PT_LOAD puts `code` at the guest load address, with the
@@ -82,7 +87,8 @@ fn a_guest_boots_under_the_full_sandbox_and_its_reset_exits_zero() {
         assert_eq!(
             String::from_utf8_lossy(&output.stdout),
             "booted by volt\n",
-            "{}",
+            "status {:?}: {}",
+            output.status,
             stderr(&output)
         );
         assert!(
@@ -282,4 +288,61 @@ fn print_seccomp_lists_every_thread_kind() {
     for kind in ["vcpu", "event-loop", "main", "KVM_RUN"] {
         assert!(text.contains(kind), "missing {kind} in:\n{text}");
     }
+}
+
+/// Reads the child's stderr until a line containing `needle` arrives (or the stream ends).
+fn read_until(stderr: &mut impl std::io::BufRead, needle: &str, seen: &mut String) -> bool {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match stderr.read_line(&mut line) {
+            Ok(0) | Err(_) => return false,
+            Ok(_) => {
+                seen.push_str(&line);
+                if line.contains(needle) {
+                    return true;
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_stuck_guest_gets_thread_reports_from_the_watchdog_and_on_sigusr1() {
+    if !kvm_available("a_stuck_guest_gets_thread_reports") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // vCPU 0 spins in the guest forever: no exit reaches the loop.
+    let spin = assemble(|a| {
+        let mut top = a.create_label();
+        a.set_label(&mut top)?;
+        a.jmp(top)
+    });
+    let kernel = tiny_elf_kernel(dir.path(), &spin);
+    let mut child = volt()
+        .arg("--kernel")
+        .arg(&kernel)
+        .args(["--watchdog", "1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    let watchdog = read_until(&mut stderr, "thread report (watchdog", &mut seen)
+        && read_until(&mut stderr, "event loop (tid", &mut seen);
+    // SAFETY: signals our own child, which is still running (it never ends by itself).
+    unsafe { libc::kill(child.id() as i32, libc::SIGUSR1) };
+    let on_signal = read_until(&mut stderr, "thread report (SIGUSR1)", &mut seen)
+        && read_until(&mut stderr, "event loop (tid", &mut seen);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(watchdog, "no watchdog report:\n{seen}");
+    assert!(on_signal, "no SIGUSR1 report:\n{seen}");
+    assert!(
+        seen.contains("vcpu0 (tid ") && seen.contains("in KVM_RUN"),
+        "the spinning vCPU is reported in KVM_RUN:\n{seen}"
+    );
+    assert!(seen.contains("in epoll_wait"), "idle loop:\n{seen}");
 }

@@ -173,3 +173,125 @@ fn a_vcpu_waiting_for_a_read_when_the_guest_resets_does_not_hang_the_teardown() 
         assert_eq!(run.exit, VmExit::Reset);
     }
 }
+
+#[test]
+fn string_port_io_of_any_length_reaches_the_device_whole() {
+    if !kvm_available("string_port_io_of_any_length") {
+        return;
+    }
+    // 4 KiB of text in one `rep outsb` (one exit carrying a page of data), then 16 bytes of the
+    // UART's line status register (0x60: transmitter empty) read with one `rep insb` and echoed.
+    let text: Vec<u8> = (0..4096u32)
+        .map(|i| {
+            if i % 64 == 63 {
+                b'\n'
+            } else {
+                b'a' + (i % 26) as u8
+            }
+        })
+        .collect();
+    let code = assemble(|a| {
+        let data = a.create_label();
+        let buffer = a.create_label();
+        a.lea(rsi, ptr(data))?;
+        a.mov(rcx, 4096u64)?;
+        a.mov(dx, 0x3f8u32)?;
+        a.rep().outsb()?;
+        a.lea(rdi, ptr(buffer))?;
+        a.mov(rcx, 16u64)?;
+        a.mov(dx, 0x3fdu32)?;
+        a.rep().insb()?;
+        a.lea(rsi, ptr(buffer))?;
+        a.mov(rcx, 16u64)?;
+        a.mov(dx, 0x3f8u32)?;
+        a.rep().outsb()?;
+        i8042_reset(a)?;
+        a.set_label(&mut { data })?;
+        a.db(&text)?;
+        a.set_label(&mut { buffer })?;
+        a.db(&[0xaa; 16])
+    });
+    let run = run_raw_guest(code, 1, SeccompMode::Kill);
+    let mut expected = String::from_utf8(text).unwrap();
+    expected.push_str(&"`".repeat(16));
+    assert_eq!(run.console.len(), expected.len(), "{:?}", run.stats);
+    assert_eq!(run.console, expected);
+    assert_eq!(run.exit, VmExit::Reset);
+}
+
+/// Prints `text` the way Linux's 8250 console does: the line status register before each byte.
+fn print_polling_lsr(a: &mut CodeAssembler, text: &[u8]) -> Result<(), IcedError> {
+    for &byte in text {
+        let mut wait = a.create_label();
+        a.set_label(&mut wait)?;
+        a.mov(dx, 0x3fdu32)?;
+        a.in_(al, dx)?;
+        a.test(al, 0x20u32)?;
+        a.jz(wait)?;
+        a.mov(dx, 0x3f8u32)?;
+        a.mov(al, u32::from(byte))?;
+        a.out(dx, al)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn line_status_reads_are_answered_on_the_vcpu_thread() {
+    if !kvm_available("line_status_reads_are_answered_on_the_vcpu_thread") {
+        return;
+    }
+    let text = b"every byte polls the LSR first\n";
+    let code = assemble(|a| {
+        print_polling_lsr(a, text)?;
+        i8042_reset(a)
+    });
+    let run = run_raw_guest(code, 1, SeccompMode::Kill);
+    assert_eq!(run.console.as_bytes(), text);
+    assert_eq!(
+        run.stats.pio_answered_on_vcpu,
+        text.len() as u64,
+        "{:?}",
+        run.stats
+    );
+    // The loop saw the data writes and the reset, not the LSR reads.
+    assert!(
+        run.stats.pio_exits <= text.len() as u64 + 2,
+        "{:?}",
+        run.stats
+    );
+}
+
+#[test]
+fn in_loopback_mode_the_loop_answers_line_status_reads() {
+    if !kvm_available("in_loopback_mode_the_loop_answers_line_status_reads") {
+        return;
+    }
+    // MCR loopback on, send 'Z' (it lands in the receiver), read LSR and RBR, loopback off,
+    // then print what was read: the LSR must show data ready (0x61 = 'a') and RBR the 'Z'.
+    let code = assemble(|a| {
+        a.mov(dx, 0x3fcu32)?;
+        a.mov(al, 0x10u32)?;
+        a.out(dx, al)?;
+        a.mov(dx, 0x3f8u32)?;
+        a.mov(al, u32::from(b'Z'))?;
+        a.out(dx, al)?;
+        a.mov(dx, 0x3fdu32)?;
+        a.in_(al, dx)?;
+        a.mov(bl, al)?;
+        a.mov(dx, 0x3f8u32)?;
+        a.in_(al, dx)?;
+        a.mov(cl, al)?;
+        a.mov(dx, 0x3fcu32)?;
+        a.mov(al, 0u32)?;
+        a.out(dx, al)?;
+        a.mov(dx, 0x3f8u32)?;
+        a.mov(al, bl)?;
+        a.out(dx, al)?;
+        a.mov(al, cl)?;
+        a.out(dx, al)?;
+        i8042_reset(a)
+    });
+    let run = run_raw_guest(code, 1, SeccompMode::Kill);
+    assert!(run.console.ends_with("aZ"), "{:?}", run.console);
+    assert_eq!(run.stats.pio_answered_on_vcpu, 0, "{:?}", run.stats);
+}

@@ -72,6 +72,8 @@ pub struct SerialConsole {
     uart: Serial<IrqTrigger, NoEvents, ConsoleOutput>,
     pending_input: VecDeque<u8>,
     bytes_out: u64,
+    /// MCR bit 4: output loops back into the receiver, so a data write changes the LSR.
+    loopback: bool,
 }
 
 impl SerialConsole {
@@ -80,7 +82,16 @@ impl SerialConsole {
             uart: Serial::new(IrqTrigger(irq), ConsoleOutput::new(output)),
             pending_input: VecDeque::new(),
             bytes_out: 0,
+            loopback: false,
         }
+    }
+
+    /// The line status register while reading it has no side effect and no posted data write
+    /// can change it (not in loopback mode), else `None`. A vCPU may answer LSR reads with this
+    /// value itself until the next access to the UART; Linux reads the LSR before every byte
+    /// it writes to the console.
+    pub fn stable_line_status(&mut self) -> Option<u8> {
+        (!self.loopback).then(|| self.uart.read(LINE_STATUS_REGISTER as u8))
     }
 
     /// Whether more host input can be accepted; when false the caller stops reading its source.
@@ -117,6 +128,10 @@ impl SerialConsole {
 }
 
 const DATA_REGISTER: u64 = 0;
+/// Port offset of the line status register.
+pub const LINE_STATUS_REGISTER: u64 = 5;
+const MODEM_CONTROL_REGISTER: u64 = 4;
+const MCR_LOOPBACK: u8 = 0x10;
 
 impl BusDevice for SerialConsole {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
@@ -132,6 +147,9 @@ impl BusDevice for SerialConsole {
     fn write(&mut self, offset: u64, data: &[u8]) {
         let Some(&value) = data.first() else { return };
         let is_output = offset == DATA_REGISTER && self.uart.read(3) & 0x80 == 0;
+        if offset == MODEM_CONTROL_REGISTER {
+            self.loopback = value & MCR_LOOPBACK != 0;
+        }
         if let Err(e) = self.uart.write(offset as u8, value) {
             log::warn!("serial: write to register {offset} failed: {e:?}");
         } else if is_output {
@@ -175,6 +193,25 @@ mod tests {
         serial.flush_output().unwrap();
         assert_eq!(&*out.0.lock().unwrap(), b"hi");
         assert_eq!(serial.bytes_out(), 2);
+    }
+
+    #[test]
+    fn line_status_is_stable_except_in_loopback_mode() {
+        let (mut serial, _out, _irq) = console();
+        assert_eq!(serial.stable_line_status(), Some(0x60), "THR and TSR empty");
+        serial.queue_input(b"x");
+        assert_eq!(serial.stable_line_status(), Some(0x61), "data ready");
+        let mut byte = [0u8];
+        serial.read(0, &mut byte);
+        assert_eq!(serial.stable_line_status(), Some(0x60));
+        serial.write(4, &[MCR_LOOPBACK]);
+        assert_eq!(
+            serial.stable_line_status(),
+            None,
+            "a data write may change it"
+        );
+        serial.write(4, &[0x0b]);
+        assert_eq!(serial.stable_line_status(), Some(0x60));
     }
 
     #[test]

@@ -409,6 +409,16 @@ const MAIN: &[AllowedSyscall] = &[
         "pause between kicks while a vCPU thread ends",
     ),
     allow("nanosleep", libc::SYS_nanosleep, "same, older libc"),
+    allow(
+        "poll",
+        libc::SYS_poll,
+        "wait for the VM's end or a SIGUSR1 thread-report request",
+    ),
+    allow(
+        "rt_sigtimedwait",
+        libc::SYS_rt_sigtimedwait,
+        "take a pending SIGUSR1 (thread report)",
+    ),
 ];
 
 /// The complete allow-list of a thread kind: the common part followed by its own.

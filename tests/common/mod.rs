@@ -91,6 +91,7 @@ pub fn run_raw_guest_with_disks(
         console_out: Box::new(console.clone()),
         console_in: None,
         seccomp,
+        watchdog: None,
     };
     let (exit, stats) = Vm::run(config).expect("the VM runs");
     RawRun {

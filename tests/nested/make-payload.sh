@@ -6,6 +6,7 @@
 #   OUT_DIR     created (must not exist or be empty)
 #   RUN_SCRIPT  copied to OUT_DIR/run (it sources ./lib.sh)
 #   --volt BIN  the volt binary (static, or dynamic: its ldd libraries are copied)
+#   --binary NAME BIN  one more binary, as bin/NAME (e.g. a second volt build)
 #   --qemu      add qemu-system-x86_64, its libraries and its firmware (microvm's qboot)
 #   --bootmeasure  compile perf/bootmeasure.c statically into the payload
 # Dynamic binaries get a wrapper in bin/ that starts them through the payload's own ld.so, so the
@@ -16,10 +17,11 @@ repo=$(cd "$here/../.." && pwd)
 out=${1:?usage: make-payload.sh OUT_DIR RUN_SCRIPT [--volt BIN] [--qemu] [--bootmeasure]}
 run_script=${2:?usage: make-payload.sh OUT_DIR RUN_SCRIPT [--volt BIN] [--qemu] [--bootmeasure]}
 shift 2
-volt= qemu=0 bootmeasure=0
+volt= qemu=0 bootmeasure=0 extra=()
 while [ $# -gt 0 ]; do
   case $1 in
     --volt) volt=$2; shift 2 ;;
+    --binary) extra+=("$2" "$3"); shift 3 ;;
     --qemu) qemu=1; shift ;;
     --bootmeasure) bootmeasure=1; shift ;;
     *) echo "make-payload: unknown option $1" >&2; exit 2 ;;
@@ -55,6 +57,8 @@ cp "$rootfs" "$out/rootfs.ext4"
 cp "$here/lib.sh" "$out/lib.sh"
 cp "$run_script" "$out/run"
 [ -n "$volt" ] && add_binary "$volt" volt
+set -- "${extra[@]}"
+while [ $# -gt 0 ]; do add_binary "$2" "$1"; shift 2; done
 if [ "$qemu" = 1 ]; then
   command -v qemu-system-x86_64 >/dev/null || {
     apt-get update -qq >&2

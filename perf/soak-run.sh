@@ -1,0 +1,97 @@
+#!/bin/sh
+# Payload side of perf/soak.sh: boots in a row, each watched for a hang (runs inside the nested
+# real-KVM guest, or directly on a hardware-KVM host). Settings from env.sh:
+#   BUILDS   volt binaries in bin/ to soak, e.g. "volt-dynamic volt-static"
+#   KERNELS  "stock" (Debian's kernel, no disk: ends at its root-mount panic, panic=1 reboots)
+#            and/or "own" (the project's kernel + rootfs: ends with reboot -f after its init)
+#   CPUS     vCPU counts, e.g. "1 2 4";  CONSOLES "file pipe" (stdout+stderr to a file, or
+#            both into one pipe read by cat);  ROUNDS  how often the whole matrix runs
+#   SHOW_ALL non-empty: print every boot's whole output
+#   STUCK_S  a boot still running after this many seconds is a hang (default 60)
+# Per boot: `SOAK-BOOT build=B kernel=K cpus=N console=C round=R result=pass|fail|hung seconds=S`.
+# A hang first gets SIGUSR1 (Volt's own thread report), then every thread's kernel-side state
+# (state, syscall, wchan, stack) and the KVM debugfs counters, then SIGKILL.
+. ./lib.sh
+K=$P/kernels
+STUCK_S=${STUCK_S:-60}
+mount -t debugfs none /sys/kernel/debug 2>/dev/null || true
+cp "$P/rootfs.ext4" "$TMPD/soak.ext4"
+
+dump_threads() {
+  for t in /proc/$1/task/*; do
+    echo "SOAK-TASK $(basename "$t") $(cat "$t/comm") state=$(cut -d' ' -f3 "$t/stat") syscall=$(cat "$t/syscall" 2>/dev/null) wchan=$(cat "$t/wchan" 2>/dev/null)"
+    sed 's/^/SOAK-STACK   /' "$t/stack" 2>/dev/null | head -8
+  done
+  for d in /sys/kernel/debug/kvm/$1-*; do
+    [ -d "$d" ] || continue
+    for c in "$d"/vcpu*; do
+      printf 'SOAK-KVM %s' "$(basename "$c")"
+      for f in exits halt_exits io_exits mmio_exits irq_exits signal_exits halt_wakeup irq_injections; do
+        [ -f "$d/$f" ] && printf ' vm.%s=%s' "$f" "$(cat "$d/$f")"
+      done
+      echo
+    done
+  done
+}
+
+# one_boot BUILD KERNEL CPUS CONSOLE ROUND
+one_boot() {
+  _b=$1 _k=$2 _c=$3 _con=$4 _r=$5
+  case $_k in
+    stock) _args="--kernel $K/debian-vmlinuz" _done='Unable to mount root' ;;
+    own) _args="--kernel $K/bzImage --disk $TMPD/soak.ext4" _done=VOLT-INIT-DONE ;;
+  esac
+  rm -f "$TMPD/soak.out" "$TMPD/soak.fifo"
+  _t0=$(date +%s)
+  if [ "$_con" = pipe ]; then
+    mkfifo "$TMPD/soak.fifo"
+    cat "$TMPD/soak.fifo" > "$TMPD/soak.out" &
+    _cat=$!
+    ( exec $_b $_args --cpus "$_c" --mem 256M --log-level info --cmdline "$BASE_CMDLINE reboot=k" ) \
+      > "$TMPD/soak.fifo" 2>&1 < /dev/null &
+  else
+    _cat=
+    ( exec $_b $_args --cpus "$_c" --mem 256M --log-level info --cmdline "$BASE_CMDLINE reboot=k" ) \
+      > "$TMPD/soak.out" 2>&1 < /dev/null &
+  fi
+  _pid=$!
+  _result=
+  while kill -0 $_pid 2>/dev/null; do
+    if [ $(( $(date +%s) - _t0 )) -ge "$STUCK_S" ]; then
+      _result=hung
+      echo "SOAK-HANG build=$_b kernel=$_k cpus=$_c console=$_con round=$_r: last output:"
+      tail -c 600 "$TMPD/soak.out" | sed 's/^/SOAK-OUT   /'; echo
+      kill -USR1 $_pid; sleep 2
+      dump_threads $_pid; sleep 3
+      echo "SOAK-AGAIN (3 s later)"; dump_threads $_pid
+      kill -9 $_pid
+      break
+    fi
+    sleep 1
+  done
+  wait $_pid; _status=$?
+  [ -n "$_cat" ] && wait $_cat
+  if [ "$_result" = hung ]; then
+    grep -A12 'thread report' "$TMPD/soak.out" | sed 's/^/SOAK-REPORT /'
+  elif [ "$_status" = 0 ] && grep -q "$_done" "$TMPD/soak.out"; then
+    _result=pass
+  else
+    _result=fail
+    echo "SOAK-FAIL status=$_status"; tail -c 800 "$TMPD/soak.out" | sed 's/^/SOAK-OUT   /'; echo
+  fi
+  if [ -n "${SHOW_ALL:-}" ]; then sed 's/^/SOAK-OUT   /' "$TMPD/soak.out"; fi
+  echo "SOAK-BOOT build=$_b kernel=$_k cpus=$_c console=$_con round=$_r result=$_result seconds=$(( $(date +%s) - _t0 )) warnings=$(grep -c 'XSAVE consistency' "$TMPD/soak.out")"
+}
+
+r=1
+while [ $r -le "${ROUNDS:-1}" ]; do
+  for k in ${KERNELS:-stock own}; do
+    for c in ${CPUS:-1 2 4}; do
+      for con in ${CONSOLES:-file pipe}; do
+        for b in ${BUILDS:-volt}; do one_boot "$b" "$k" "$c" "$con" "$r"; done
+      done
+    done
+  done
+  r=$((r + 1))
+done
+echo "SOAK-DONE"

@@ -1,0 +1,66 @@
+#!/bin/bash
+# Soak: many boots in a row of Debian's stock kernel and of the project's own guest, under the
+# dynamically linked volt (what `cargo build --release` makes, the README's binary) and the static
+# one, 1/2/4 vCPUs, console to a file and to a pipe; reports boots passed / failed / hung, with a
+# thread report for each hang. A benchmark, not a test: it prints, it asserts nothing.
+#
+# usage: perf/soak.sh [--rounds N] [--builds "dynamic static"] [--kernels "stock own"]
+#                     [--cpus "1 2 4"] [--consoles "file pipe"] [--stuck SECS] [--raw FILE]
+#                     [--mode auto|direct|nested]
+# One round is every combination once (2 kernels x 3 cpu counts x 2 consoles = 12 boots per build).
+# Inside the nested bed an outer-guest wedge (NESTED-WEDGED) restarts the payload; wedges are
+# counted apart from Volt's own hangs.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+. "$repo/tests/nested/common.sh"
+rounds=1 builds="dynamic static" kernels="stock own" cpus="1 2 4" consoles="file pipe" stuck=60
+mode=auto raw=
+while [ $# -gt 0 ]; do
+  case $1 in
+    --rounds) rounds=$2; shift 2 ;;
+    --builds) builds=$2; shift 2 ;;
+    --kernels) kernels=$2; shift 2 ;;
+    --cpus) cpus=$2; shift 2 ;;
+    --consoles) consoles=$2; shift 2 ;;
+    --stuck) stuck=$2; shift 2 ;;
+    --mode) mode=$2; shift 2 ;;
+    --raw) raw=$2; shift 2 ;;
+    *) echo "soak: unknown option $1" >&2; exit 2 ;;
+  esac
+done
+mode=$(resolve_mode "$mode") || { echo "SKIP: $mode_skip_reason"; exit 77; }
+target=x86_64-unknown-linux-gnu
+args=() names=
+for b in $builds; do
+  case $b in
+    dynamic) (cd "$repo" && cargo build --release --bin volt >&2); bin=$repo/target/release/volt ;;
+    static) (cd "$repo" && RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --target $target --bin volt >&2)
+            bin=$repo/target/$target/release/volt ;;
+    *) echo "soak: unknown build $b (dynamic or static)" >&2; exit 2 ;;
+  esac
+  args+=(--binary "volt-$b" "$bin"); names="$names volt-$b"
+done
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+"$repo/tests/nested/make-payload.sh" "$work/p" "$repo/perf/soak-run.sh" "${args[@]}" >/dev/null
+[ -n "${SHOW_ALL:-}" ] && echo "SHOW_ALL=1" > "$work/p/env.sh"
+printf 'BUILDS="%s"\nKERNELS="%s"\nCPUS="%s"\nCONSOLES="%s"\nROUNDS=%s\nSTUCK_S=%s\n' \
+  "$names" "$kernels" "$cpus" "$consoles" "$rounds" "$stuck" >> "$work/p/env.sh"
+per_boot=$(( stuck + 15 ))
+n=$(( rounds * $(wc -w <<<"$builds") * $(wc -w <<<"$kernels") * $(wc -w <<<"$cpus") * $(wc -w <<<"$consoles") ))
+echo "soak: $n boots ($builds; $kernels; cpus $cpus; console $consoles; $rounds rounds), mode $mode" >&2
+start=$(date +%s)
+NESTED_TIMEOUT=${NESTED_TIMEOUT:-$(( n * per_boot + 300 ))} run_payload "$mode" "$work/p" > "$work/out.txt" 2>&1 || true
+echo "soak: payload finished in $(( $(date +%s) - start )) s" >&2
+[ -n "$raw" ] && cp "$work/out.txt" "$raw"
+grep -E '^(SOAK-HANG|SOAK-REPORT|SOAK-TASK|SOAK-STACK|SOAK-KVM|SOAK-FAIL|SOAK-OUT|NESTED-)' "$work/out.txt" || true
+echo
+echo "| build | boots | passed | failed | hung |"
+echo "|---|---|---|---|---|"
+for b in $names; do
+  grep "^SOAK-BOOT build=$b " "$work/out.txt" | awk -v b="$b" '
+    { n++; for (i = 1; i <= NF; i++) if ($i ~ /^result=/) r[substr($i, 8)]++ }
+    END { printf "| %s | %d | %d | %d | %d |\n", b, n, r["pass"], r["fail"], r["hung"] }'
+done
+echo "bed wedges (outer guest, not Volt): $(grep -c '^NESTED-WEDGED' "$work/out.txt" || true)"
+grep -q SOAK-DONE "$work/out.txt" || { echo "soak: the payload did not finish (see above)"; exit 1; }
