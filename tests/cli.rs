@@ -115,7 +115,7 @@ fn a_guest_with_vsock_boots_under_the_full_sandbox_and_reuses_a_stale_socket() {
         let output = volt()
             .arg("--kernel")
             .arg(&kernel)
-            .args(["--vsock", &vsock])
+            .args(["--vsock", &vsock, "--log-level", "info"])
             .output()
             .unwrap();
         assert_eq!(
@@ -126,6 +126,12 @@ fn a_guest_with_vsock_boots_under_the_full_sandbox_and_reuses_a_stale_socket() {
         );
         assert!(output.status.success(), "{}", stderr(&output));
         assert!(socket.exists(), "the listening socket was created");
+        // The device's counters are logged when the event loop ends.
+        assert!(
+            stderr(&output).contains("virtio-vsock: 0 host-initiated and 0 guest-initiated"),
+            "{}",
+            stderr(&output)
+        );
     }
 }
 

@@ -44,6 +44,27 @@ pub struct VsockCounters {
     pub buffered_peak: u64,
 }
 
+impl std::fmt::Display for VsockCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} host-initiated and {} guest-initiated streams ({} refused, {} open), \
+             {} bytes to the host, {} to the guest, {} RST sent, {} received, {} dropped, \
+             at most {} bytes buffered",
+            self.host_connections,
+            self.guest_connections,
+            self.refused,
+            self.active,
+            self.bytes_to_host,
+            self.bytes_to_guest,
+            self.rst_sent,
+            self.rst_received,
+            self.dropped,
+            self.buffered_peak
+        )
+    }
+}
+
 impl VsockMetrics {
     pub fn snapshot(&self) -> VsockCounters {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);

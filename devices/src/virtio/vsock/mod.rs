@@ -707,6 +707,12 @@ impl Vsock {
     }
 }
 
+impl Drop for Vsock {
+    fn drop(&mut self) {
+        log::info!("virtio-vsock: {}", self.metrics.snapshot());
+    }
+}
+
 impl VirtioDevice for Vsock {
     fn device_type(&self) -> u32 {
         VIRTIO_ID_VSOCK
