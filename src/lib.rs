@@ -10,6 +10,7 @@ pub mod device_manager;
 pub mod event_loop;
 pub mod fast_path;
 pub mod kernel_store;
+pub mod optional_devices;
 pub mod sandbox;
 pub mod terminal;
 pub mod thread_report;

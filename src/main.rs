@@ -79,9 +79,13 @@ fn run_vm(args: &RunArgs) -> Result<ExitCode, String> {
         disks: args.disks.clone(),
         nets: args.nets.clone(),
         vsock: args.vsock.clone(),
+        rng: !args.no_rng,
+        balloon: args.balloon_config(),
         console_out: Box::new(io::stdout()),
         console_in: Some(0),
+        console_out_fd: Some(1),
         seccomp,
+        acpi: args.acpi,
         watchdog: args.watchdog.map(std::time::Duration::from_secs),
     };
     let vm = Vm::build(config).map_err(|e| e.to_string())?;

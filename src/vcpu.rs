@@ -103,12 +103,19 @@ pub struct LoopLink {
     pub waker: Arc<Waker>,
     /// UART line status reads are answered from here when the loop published a value.
     pub line_status: LineStatusMirror,
+    /// The loop's published state: whether it sleeps and must be woken.
+    pub states: Arc<ThreadStates>,
 }
 
 impl LoopLink {
     fn send(&self, message: VcpuMessage) -> bool {
         if self.sender.send(message).is_err() {
             return false; // the loop is gone: the VM is being torn down
+        }
+        // A loop that is awake takes the message before it sleeps: no wake-up (a syscall, and
+        // on another CPU an interrupt) per console byte while output flows.
+        if !self.states.event_loop.must_wake() {
+            return true;
         }
         if let Err(e) = self.waker.wake() {
             log::error!("cannot wake the event loop: {e}");

@@ -34,8 +34,8 @@ fn tiny_elf_kernel(dir: &Path, code: &[u8]) -> PathBuf {
     elf[20..24].copy_from_slice(&1u32.to_le_bytes());
     elf[24..32].copy_from_slice(&GUEST_LOAD_ADDR.to_le_bytes()); // entry
     elf[32..40].copy_from_slice(&(EHDR as u64).to_le_bytes()); // phoff
-    elf[52..54].copy_from_slice(&(EHDR as u16).to_le_bytes());
-    elf[54..56].copy_from_slice(&(PHDR as u16).to_le_bytes());
+    elf[52..54].copy_from_slice(&u16::try_from(EHDR).unwrap().to_le_bytes());
+    elf[54..56].copy_from_slice(&u16::try_from(PHDR).unwrap().to_le_bytes());
     elf[56..58].copy_from_slice(&1u16.to_le_bytes()); // one program header
     let ph = &mut elf[EHDR..];
     ph[0..4].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD

@@ -8,12 +8,14 @@
 //! There is no keyboard behind it and it raises no interrupt: Linux drives the probe by polling
 //! the status register, and `i8042.dumbkbd` (Volt's default command line) keeps the keyboard
 //! driver from sending commands that would need IRQ 1.
-
-use std::collections::VecDeque;
+//!
+//! Bytes for the guest wait in a fixed 16-byte buffer, as in real controllers (which hold a
+//! single byte) and in Firecracker: a guest that keeps sending commands without reading the
+//! answers cannot make the VMM grow. What does not fit is dropped and counted.
 
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::BusDevice;
+use crate::{rl_debug, BusDevice, DeviceCounters};
 
 /// Port 0x60 is offset 0 of the device window, port 0x64 (command/status) offset 4.
 pub const I8042_PORT_BASE: u16 = 0x60;
@@ -53,12 +55,48 @@ const INTERFACE_TEST_PASSED: u8 = 0x00;
 /// A keyboard acknowledges every command byte.
 const KBD_ACK: u8 = 0xfa;
 
+/// Bytes the controller holds for the guest to read from port 0x60.
+pub const OUTPUT_BUFFER_SIZE: usize = 16;
+
+/// A fixed ring of [`OUTPUT_BUFFER_SIZE`] bytes.
+#[derive(Debug, Default)]
+struct OutputBuffer {
+    bytes: [u8; OUTPUT_BUFFER_SIZE],
+    head: usize,
+    len: usize,
+}
+
+impl OutputBuffer {
+    /// Appends `byte`; `false` (and nothing stored) when the buffer is full.
+    fn push(&mut self, byte: u8) -> bool {
+        if self.len == OUTPUT_BUFFER_SIZE {
+            return false;
+        }
+        self.bytes[(self.head + self.len) % OUTPUT_BUFFER_SIZE] = byte;
+        self.len += 1;
+        true
+    }
+
+    fn pop(&mut self) -> Option<u8> {
+        if self.len == 0 {
+            return None;
+        }
+        let byte = self.bytes[self.head];
+        self.head = (self.head + 1) % OUTPUT_BUFFER_SIZE;
+        self.len -= 1;
+        Some(byte)
+    }
+}
+
+/// The controller. Counters: `requests` are guest port accesses, `bytes` bytes the guest read
+/// from the output buffer, `errors` unknown commands, `drops` answers lost to a full buffer.
 pub struct I8042 {
     reset_evt: EventFd,
     control: u8,
     /// A command that takes its argument from the next data-port write.
     pending: Option<u8>,
-    output: VecDeque<u8>,
+    output: OutputBuffer,
+    counters: DeviceCounters,
 }
 
 impl I8042 {
@@ -68,12 +106,31 @@ impl I8042 {
             reset_evt,
             control: CTR_DEFAULT,
             pending: None,
-            output: VecDeque::new(),
+            output: OutputBuffer::default(),
+            counters: DeviceCounters::default(),
+        }
+    }
+
+    /// Bytes waiting for the guest to read (at most [`OUTPUT_BUFFER_SIZE`]).
+    pub fn output_len(&self) -> usize {
+        self.output.len
+    }
+
+    /// Requests, bytes, errors and drops (see the type's docs).
+    pub fn counters(&self) -> DeviceCounters {
+        self.counters
+    }
+
+    /// Queues a byte for the guest, dropping (and counting) it when the buffer is full.
+    fn respond(&mut self, byte: u8) {
+        if !self.output.push(byte) {
+            self.counters.drops += 1;
+            rl_debug!("i8042: output buffer full, byte {byte:#x} dropped");
         }
     }
 
     fn status(&self) -> u8 {
-        let full = if self.output.is_empty() {
+        let full = if self.output.len == 0 {
             0
         } else {
             STATUS_OUTPUT_FULL
@@ -83,16 +140,19 @@ impl I8042 {
 
     fn command(&mut self, command: u8) {
         match command {
-            CMD_READ_CTR => self.output.push_back(self.control),
+            CMD_READ_CTR => self.respond(self.control),
             CMD_WRITE_CTR | CMD_WRITE_OUTPUT_PORT => self.pending = Some(command),
             CMD_DISABLE_AUX => self.control |= CTR_AUX_DISABLED,
             CMD_ENABLE_AUX => self.control &= !CTR_AUX_DISABLED,
             CMD_DISABLE_KBD => self.control |= CTR_KBD_DISABLED,
             CMD_ENABLE_KBD => self.control &= !CTR_KBD_DISABLED,
-            CMD_SELF_TEST => self.output.push_back(SELF_TEST_PASSED),
-            CMD_TEST_KBD | CMD_TEST_AUX => self.output.push_back(INTERFACE_TEST_PASSED),
+            CMD_SELF_TEST => self.respond(SELF_TEST_PASSED),
+            CMD_TEST_KBD | CMD_TEST_AUX => self.respond(INTERFACE_TEST_PASSED),
             CMD_RESET_CPU => self.reset(),
-            other => log::debug!("i8042: ignoring controller command {other:#x}"),
+            other => {
+                self.counters.errors += 1;
+                rl_debug!("i8042: ignoring controller command {other:#x}");
+            }
         }
     }
 
@@ -103,13 +163,13 @@ impl I8042 {
             Some(CMD_WRITE_OUTPUT_PORT) if value & 1 == 0 => self.reset(),
             Some(_) => {}
             // A byte for the keyboard: there is none, but acknowledge like one.
-            None => self.output.push_back(KBD_ACK),
+            None => self.respond(KBD_ACK),
         }
     }
 
     fn reset(&mut self) {
         if let Err(e) = self.reset_evt.write(1) {
-            log::error!("i8042: cannot signal the reset: {e}");
+            crate::rl_error!("i8042: cannot signal the reset: {e}");
         }
     }
 }
@@ -119,8 +179,15 @@ impl BusDevice for I8042 {
         let Some(first) = data.first_mut() else {
             return;
         };
+        self.counters.requests += 1;
         *first = match offset {
-            DATA_OFFSET => self.output.pop_front().unwrap_or(0),
+            DATA_OFFSET => match self.output.pop() {
+                Some(byte) => {
+                    self.counters.bytes += 1;
+                    byte
+                }
+                None => 0,
+            },
             COMMAND_OFFSET => self.status(),
             _ => 0xff,
         };
@@ -128,6 +195,7 @@ impl BusDevice for I8042 {
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         let Some(&value) = data.first() else { return };
+        self.counters.requests += 1;
         match offset {
             DATA_OFFSET => self.data(value),
             COMMAND_OFFSET => self.command(value),
@@ -197,5 +265,35 @@ mod tests {
         i8042.write(DATA_OFFSET, &[0xf4]); // keyboard "enable scanning"
         assert_eq!(read(&mut i8042, DATA_OFFSET), KBD_ACK);
         assert!(evt.read().is_err(), "the probe must not reset the machine");
+    }
+
+    #[test]
+    fn a_guest_that_never_reads_cannot_grow_the_output_buffer() {
+        let (mut i8042, evt) = controller();
+        let commands = [CMD_READ_CTR, CMD_SELF_TEST, CMD_TEST_KBD, CMD_TEST_AUX];
+        for i in 0..1_000_000usize {
+            // Keyboard bytes on the data port (each answered with an ACK) and answered
+            // controller commands, never reading port 0x60.
+            i8042.write(DATA_OFFSET, &[0xf4]);
+            i8042.write(COMMAND_OFFSET, &[commands[i % commands.len()]]);
+            assert!(i8042.output_len() <= OUTPUT_BUFFER_SIZE);
+        }
+        let counters = i8042.counters();
+        assert_eq!(counters.requests, 2_000_000);
+        assert_eq!(counters.drops, 2_000_000 - OUTPUT_BUFFER_SIZE as u64);
+        // The oldest answers are kept, in order: ACK, CTR, ACK, self-test...
+        assert_eq!(read(&mut i8042, DATA_OFFSET), KBD_ACK);
+        assert_eq!(read(&mut i8042, DATA_OFFSET), CTR_DEFAULT);
+        assert_eq!(read(&mut i8042, DATA_OFFSET), KBD_ACK);
+        assert_eq!(read(&mut i8042, DATA_OFFSET), SELF_TEST_PASSED);
+        for _ in 4..OUTPUT_BUFFER_SIZE {
+            read(&mut i8042, DATA_OFFSET);
+        }
+        assert_eq!(read(&mut i8042, COMMAND_OFFSET) & STATUS_OUTPUT_FULL, 0);
+        assert_eq!(i8042.counters().bytes, OUTPUT_BUFFER_SIZE as u64);
+        // Room again: answers are queued once more.
+        i8042.write(COMMAND_OFFSET, &[CMD_SELF_TEST]);
+        assert_eq!(read(&mut i8042, DATA_OFFSET), SELF_TEST_PASSED);
+        assert!(evt.read().is_err());
     }
 }

@@ -1,4 +1,6 @@
 //! virtio-block through the virtio-mmio transport, driven like a guest driver would, no KVM.
+// Test code: small test values and guest addresses cast on purpose (issue 12 lints).
+#![allow(clippy::cast_possible_truncation)]
 
 mod common;
 

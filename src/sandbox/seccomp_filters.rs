@@ -209,10 +209,14 @@ const COMMON: &[AllowedSyscall] = &[
     ),
     allow("mremap", libc::SYS_mremap, "realloc of large buffers"),
     allow("brk", libc::SYS_brk, "heap growth"),
-    allow(
+    allow_if(
         "madvise",
         libc::SYS_madvise,
-        "free memory back (malloc trim, thread exit)",
+        ArgRule::OneOf {
+            arg: 2,
+            values: &[("MADV_DONTNEED", libc::MADV_DONTNEED as u64)],
+        },
+        "free memory back (malloc trim, thread exit); the balloon drops guest pages (loop)",
     ),
     allow(
         "rt_sigreturn",
@@ -234,7 +238,11 @@ const COMMON: &[AllowedSyscall] = &[
         libc::SYS_clock_gettime,
         "log timestamps, timeouts (vDSO fallback)",
     ),
-    allow("getrandom", libc::SYS_getrandom, "hash map seeds"),
+    allow(
+        "getrandom",
+        libc::SYS_getrandom,
+        "hash map seeds; virtio-rng entropy for the guest (loop)",
+    ),
     allow(
         "write",
         libc::SYS_write,
@@ -313,6 +321,11 @@ const EVENT_LOOP: &[AllowedSyscall] = &[
     allow("fsync", libc::SYS_fsync, "virtio-blk flush"),
     allow("fdatasync", libc::SYS_fdatasync, "virtio-blk flush"),
     allow("fstat", libc::SYS_fstat, "disk image size"),
+    allow(
+        "timerfd_settime",
+        libc::SYS_timerfd_settime,
+        "virtio-rng rate-limit and balloon statistics timers",
+    ),
     allow_if(
         "statx",
         libc::SYS_statx,

@@ -77,22 +77,37 @@ pub fn run_raw_guest_with_disks(
     seccomp: SeccompMode,
     disks: Vec<volt::vm::DiskConfig>,
 ) -> RawRun {
+    run_raw_guest_configured(code, vcpus, seccomp, |config| config.disks = disks)
+}
+
+/// Like [`run_raw_guest`], after `configure` changed the VM's configuration (devices).
+pub fn run_raw_guest_configured(
+    code: Vec<u8>,
+    vcpus: u8,
+    seccomp: SeccompMode,
+    configure: impl FnOnce(&mut VmConfig),
+) -> RawRun {
     let console = CapturedConsole::default();
-    let config = VmConfig {
+    let mut config = VmConfig {
         vcpus,
         mem_bytes: 64 << 20,
         boot: BootSource::Raw {
             code,
             load_addr: GUEST_LOAD_ADDR,
         },
-        disks,
+        disks: Vec::new(),
         nets: Vec::new(),
         vsock: None,
+        rng: false,
+        balloon: None,
         console_out: Box::new(console.clone()),
         console_in: None,
+        console_out_fd: None,
         seccomp,
         watchdog: None,
+        acpi: true,
     };
+    configure(&mut config);
     let (exit, stats) = Vm::run(config).expect("the VM runs");
     RawRun {
         exit,

@@ -30,7 +30,9 @@ vmm_command() {
       VMM_ARGS="volt --kernel $_kernel --cpus $_cpus --mem ${GUEST_MEM_MB}M --log-level info"
       [ -n "$_disk" ] && VMM_ARGS="$VMM_ARGS --disk $_disk"
       [ -n "$_net" ] && VMM_ARGS="$VMM_ARGS --net $_net"
-      [ -n "${VMM_EXTRA:-}" ] && VMM_ARGS="$VMM_ARGS $VMM_EXTRA" # e.g. --vsock (set by the caller)
+      VMM_ARGS="$VMM_ARGS ${VOLT_EXTRA_ARGS:-}"
+      # CASE_VOLT_ARGS: more volt flags for one case (e.g. --initrd F, --acpi off).
+      [ -n "${CASE_VOLT_ARGS:-}" ] && VMM_ARGS="$VMM_ARGS $CASE_VOLT_ARGS"
       VMM_CMDLINE="$BASE_CMDLINE reboot=k $_append" ;;
     qemu)
       # microvm has no i8042 for reboot=k: a triple fault (reboot=t) + -no-reboot ends QEMU.
@@ -39,6 +41,7 @@ vmm_command() {
       VMM_ARGS="$VMM_ARGS -kernel $_kernel"
       [ -n "$_disk" ] && VMM_ARGS="$VMM_ARGS -drive id=d0,file=$_disk,format=raw,if=none -device virtio-blk-device,drive=d0"
       [ -n "$_net" ] && VMM_ARGS="$VMM_ARGS -netdev tap,id=n0,ifname=$_net,script=no,downscript=no -device virtio-net-device,netdev=n0"
+      VMM_ARGS="$VMM_ARGS ${QEMU_EXTRA_ARGS:-}"
       VMM_CMDLINE="$BASE_CMDLINE reboot=t $_append"
       [ -n "$_disk" ] && VMM_CMDLINE="$VMM_CMDLINE root=/dev/vda rw" ;;
     *) echo "lib.sh: unknown VMM $_vmm" >&2; return 1 ;;
@@ -59,7 +62,6 @@ run_vmm() {
 #   VOLT-CASE-BEGIN NAME / <VMM stdout = guest serial> / VOLT-CASE-STDERR / <VMM stderr> /
 #   HOST-... lines / VOLT-CASE-END NAME status=S seconds=T
 # With PING_ADDR, the host pings it once the guest printed VOLT-NET-UP (HOST-PING-OK/FAILED).
-# With CASE_HOOK set, that command runs beside the VMM; its output joins the HOST- lines.
 boot_case() {
   _name=$1 _ping=${8:-}
   vmm_command "$2" "$3" "$4" "$5" "$6" "$7" || return 1
@@ -67,8 +69,6 @@ boot_case() {
   echo "VOLT-CASE-COMMAND $VMM_ARGS :: $VMM_CMDLINE"
   : > "$TMPD/case.out"; : > "$TMPD/case.err"; : > "$TMPD/case.host"
   _t0=$(date +%s)
-  _hook=
-  if [ -n "${CASE_HOOK:-}" ]; then $CASE_HOOK >> "$TMPD/case.hook" 2>&1 & _hook=$!; fi
   PREFIX="timeout $CASE_TIMEOUT" run_vmm > "$TMPD/case.out" 2> "$TMPD/case.err" &
   _pid=$!
   if [ -n "$_ping" ]; then
@@ -86,13 +86,67 @@ boot_case() {
     done
     echo "$_ping_result $_ping" >> "$TMPD/case.host"
   fi
+  [ -n "${CASE_WATCH:-}" ] && $CASE_WATCH $_pid # e.g. balloon_rss_watch, below
   wait $_pid
   _status=$?
-  if [ -n "$_hook" ]; then wait $_hook; cat "$TMPD/case.hook" >> "$TMPD/case.host"; rm -f "$TMPD/case.hook"; fi
   cat "$TMPD/case.out"
   echo
   echo "VOLT-CASE-STDERR"
   cat "$TMPD/case.err"
   cat "$TMPD/case.host"
   echo "VOLT-CASE-END $_name status=$_status seconds=$(( $(date +%s) - _t0 ))"
+}
+
+# --- virtio-rng / virtio-balloon (issue 10) ---
+# Extra VMM flags for a case that runs volt.run=balloon (set them, boot_case, then clear them).
+BALLOON_VOLT_ARGS="--balloon"
+BALLOON_QEMU_ARGS="-device virtio-balloon-device,free-page-reporting=on"
+
+# vmm_pid: pid of the running VMM (volt, qemu or firecracker; the payload runs one at a time).
+vmm_pid() {
+  for _f in /proc/[0-9]*/cmdline; do
+    set -- $(tr '\0' ' ' < "$_f" 2>/dev/null)
+    case "$1" in
+      */ld-linux-x86-64.so.2) _exe=$4 ;; # a wrapped dynamic binary: ld.so --library-path DIR EXE
+      *) _exe=$1 ;;
+    esac
+    case "$_exe" in
+      volt|*/volt|*/volt.real|qemu-system-x86_64|*/qemu-system-x86_64.real|firecracker|*/firecracker|*/firecracker.real)
+        _d=${_f%/cmdline}; echo "${_d#/proc/}"; return 0 ;;
+    esac
+  done
+  return 1
+}
+
+# rss_kb PID: resident memory in KiB, from smaps_rollup (else status VmRSS).
+rss_kb() {
+  awk '/^Rss:/ { print $2; exit }' "/proc/$1/smaps_rollup" 2>/dev/null | grep . ||
+    awk '/^VmRSS:/ { print $2; exit }' "/proc/$1/status" 2>/dev/null
+}
+
+# balloon_rss_watch PID (a boot_case CASE_WATCH): while the case runs, samples the VMM's RSS every
+# 0.5 s against the guest's VOLT-BALLOON-* markers in $TMPD/case.out and adds to the case's host
+# lines: HOST-RSS-START-KB (at START), HOST-RSS-FILLED-KB (most while 128 MiB was in use) and
+# HOST-RSS-FREED-KB (least after the guest freed it, until DONE).
+balloon_rss_watch() {
+  _wpid=$1 _vp= _start= _filled= _freed=
+  while kill -0 "$_wpid" 2>/dev/null; do
+    { [ -n "$_vp" ] && [ -d "/proc/$_vp" ]; } || _vp=$(vmm_pid)
+    _rss=
+    [ -n "$_vp" ] && _rss=$(rss_kb "$_vp")
+    if [ -n "$_rss" ]; then
+      if grep -q VOLT-BALLOON-FREED "$TMPD/case.out"; then
+        { [ -z "$_freed" ] || [ "$_rss" -lt "$_freed" ]; } && _freed=$_rss
+      elif grep -q VOLT-BALLOON-FILLED "$TMPD/case.out"; then
+        { [ -z "$_filled" ] || [ "$_rss" -gt "$_filled" ]; } && _filled=$_rss
+      elif grep -q VOLT-BALLOON-START "$TMPD/case.out"; then
+        [ -z "$_start" ] && _start=$_rss
+      fi
+    fi
+    grep -q -E 'VOLT-BALLOON-(DONE|FAILED)' "$TMPD/case.out" && break
+    sleep 0.5
+  done
+  echo "HOST-RSS-START-KB ${_start:-none}" >> "$TMPD/case.host"
+  echo "HOST-RSS-FILLED-KB ${_filled:-none}" >> "$TMPD/case.host"
+  echo "HOST-RSS-FREED-KB ${_freed:-none}" >> "$TMPD/case.host"
 }

@@ -53,6 +53,13 @@ debian_dir=$("$repo/perf/guest/fetch-debian-kernel.sh")
 cp "$kernel_dir/vmlinux" "$kernel_dir/bzImage" "$out/kernels/"
 cp "$debian_dir/vmlinuz" "$out/kernels/debian-vmlinuz"
 cp "$debian_dir/tun.ko" "$out/"
+# Debian's kernels unmodified, with initramfses of their own virtio modules (ACPI boots), and a
+# small read-only disk whose first line the initramfs reads back.
+debian_cloud_dir=$("$repo/perf/guest/fetch-debian-kernel.sh" cloud-amd64)
+cp "$debian_cloud_dir/vmlinuz" "$out/kernels/debian-cloud-vmlinuz"
+"$repo/perf/guest/build-initramfs.sh" "$debian_dir" "$out/kernels/debian-initramfs.gz" >/dev/null
+"$repo/perf/guest/build-initramfs.sh" "$debian_cloud_dir" "$out/kernels/debian-cloud-initramfs.gz" >/dev/null
+echo "VOLT-ACPI-DISK-OK" > "$out/acpi-disk.img" && truncate -s 64K "$out/acpi-disk.img"
 cp "$rootfs" "$out/rootfs.ext4"
 cp "$here/lib.sh" "$out/lib.sh"
 cp "$run_script" "$out/run"

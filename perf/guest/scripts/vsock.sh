@@ -4,7 +4,8 @@
 #    reply (VOLT-VSOCK-REPLY ...).
 # 2. Serves port 5000 for the host agent (echo / sink / source, see perf/guest/tools/vsock.c) until
 #    it sends QUIT, or 120 s pass.
-if [ ! -d /sys/bus/virtio/drivers/virtio_vsock ] || ! ls /sys/bus/virtio/drivers/virtio_vsock | grep -q virtio; then
+# A virtio device with id 19 (0x0013) is vsock.
+if ! grep -qx 0x0013 /sys/bus/virtio/devices/*/device 2>/dev/null; then
   echo "VOLT-VSOCK-NO-DEVICE"
   exit 0
 fi

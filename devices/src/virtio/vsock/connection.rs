@@ -12,7 +12,7 @@ use std::io;
 use std::os::unix::net::UnixStream;
 
 use super::host;
-use super::packet::{op, Header, SHUTDOWN_RCV, SHUTDOWN_SEND};
+use super::packet::{op, wire_u32, Header, SHUTDOWN_RCV, SHUTDOWN_SEND};
 
 /// Receive buffer the device advertises per connection (`buf_alloc`), hence the most it ever
 /// buffers for one connection.
@@ -204,7 +204,7 @@ impl Connection {
         if self.buffered.len() + data.len() > CONN_BUF_ALLOC as usize {
             return Err(ConnError::CreditExceeded);
         }
-        self.rx_cnt = self.rx_cnt.wrapping_add(data.len() as u32);
+        self.rx_cnt = self.rx_cnt.wrapping_add(wire_u32(data.len()));
         let mut written = 0;
         if self.buffered.is_empty() {
             written = write_some(&self.stream, data)?;
@@ -235,7 +235,7 @@ impl Connection {
     }
 
     fn forwarded(&mut self, n: usize) {
-        self.fwd_cnt = self.fwd_cnt.wrapping_add(n as u32);
+        self.fwd_cnt = self.fwd_cnt.wrapping_add(wire_u32(n));
         let believed_in_flight = self.rx_cnt.wrapping_sub(self.fwd_cnt_sent);
         let believed_free = CONN_BUF_ALLOC.saturating_sub(believed_in_flight);
         if self.fwd_cnt != self.fwd_cnt_sent && believed_free < CREDIT_UPDATE_THRESHOLD {

@@ -48,7 +48,7 @@ impl Epoll {
 
     /// Ready events, without waiting.
     pub fn poll(&self, events: &mut [libc::epoll_event]) -> io::Result<usize> {
-        let max = events.len().min(i32::MAX as usize) as i32;
+        let max = i32::try_from(events.len()).unwrap_or(i32::MAX);
         // SAFETY: events is a valid writable array of `max` entries.
         let ret = unsafe { libc::epoll_wait(self.0.as_raw_fd(), events.as_mut_ptr(), max, 0) };
         if ret < 0 {
@@ -118,7 +118,7 @@ pub fn port_path(base: &Path, port: u32) -> PathBuf {
 pub fn connect(path: &Path) -> io::Result<UnixStream> {
     // SAFETY: sockaddr_un is plain old data; all zeroes is a valid value.
     let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    addr.sun_family = libc::sa_family_t::try_from(libc::AF_UNIX).unwrap_or_default();
     let bytes = path.as_os_str().as_bytes();
     if bytes.len() >= addr.sun_path.len() {
         return Err(io::Error::new(
@@ -136,15 +136,11 @@ pub fn connect(path: &Path) -> io::Result<UnixStream> {
     }
     // SAFETY: fd is a fresh socket that nothing else owns; dropping the stream closes it.
     let stream = unsafe { UnixStream::from_raw_fd(fd) };
-    let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1;
+    // At most size_of::<sockaddr_un>() (checked above), so it fits a socklen_t.
+    let len = libc::socklen_t::try_from(std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "socket path too long"))?;
     // SAFETY: addr is a valid sockaddr_un and len does not exceed its size.
-    let ret = unsafe {
-        libc::connect(
-            fd,
-            (&addr as *const libc::sockaddr_un).cast(),
-            len as libc::socklen_t,
-        )
-    };
+    let ret = unsafe { libc::connect(fd, (&addr as *const libc::sockaddr_un).cast(), len) };
     if ret < 0 {
         return Err(io::Error::last_os_error());
     }

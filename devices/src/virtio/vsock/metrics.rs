@@ -2,7 +2,6 @@
 //! Plain relaxed atomics: the event loop is the only writer, so no lock is ever taken.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
 
 /// Live counters, updated by the device on the event loop.
 #[derive(Debug, Default)]
@@ -91,64 +90,4 @@ impl VsockMetrics {
 
 pub(super) fn inc(counter: &AtomicU64, by: u64) {
     counter.fetch_add(by, Ordering::Relaxed);
-}
-
-/// At most `BURST` guest-triggered warnings per window; the rest are counted and summarised.
-pub(super) struct LogLimiter {
-    window_start: Option<Instant>,
-    in_window: u32,
-    suppressed: u64,
-}
-
-const WINDOW: Duration = Duration::from_secs(5);
-const BURST: u32 = 10;
-
-impl LogLimiter {
-    pub const fn new() -> LogLimiter {
-        LogLimiter {
-            window_start: None,
-            in_window: 0,
-            suppressed: 0,
-        }
-    }
-
-    /// Whether a message may be logged now.
-    pub fn allow(&mut self) -> bool {
-        let now = Instant::now();
-        let expired = match self.window_start {
-            Some(start) => now.duration_since(start) >= WINDOW,
-            None => true,
-        };
-        if expired {
-            if self.suppressed > 0 {
-                log::warn!(
-                    "virtio-vsock: {} more guest-caused warnings suppressed",
-                    self.suppressed
-                );
-            }
-            self.window_start = Some(now);
-            self.in_window = 0;
-            self.suppressed = 0;
-        }
-        if self.in_window < BURST {
-            self.in_window += 1;
-            true
-        } else {
-            self.suppressed += 1;
-            false
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn log_limiter_allows_a_burst_then_counts() {
-        let mut limiter = LogLimiter::new();
-        let allowed = (0..100).filter(|_| limiter.allow()).count();
-        assert_eq!(allowed, BURST as usize);
-        assert_eq!(limiter.suppressed, 100 - u64::from(BURST));
-    }
 }

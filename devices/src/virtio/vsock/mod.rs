@@ -25,7 +25,6 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use log::warn;
 use thiserror::Error;
 use virtio_queue::{Queue, QueueOwnedT, QueueT, Reader, Writer};
 use vm_memory::GuestMemoryMmap;
@@ -35,8 +34,10 @@ use super::{
     VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
 use connection::{pending, ConnError, ConnKey, ConnState, Connection};
-use metrics::{inc, LogLimiter};
-use packet::{op, Header, HDR_LEN, HOST_CID, MAX_PKT_PAYLOAD, SHUTDOWN_RCV, SHUTDOWN_SEND};
+use metrics::inc;
+use packet::{
+    op, wire_u32, Header, HDR_LEN, HOST_CID, MAX_PKT_PAYLOAD, SHUTDOWN_RCV, SHUTDOWN_SEND,
+};
 
 pub use connection::CONN_BUF_ALLOC;
 pub use metrics::{VsockCounters, VsockMetrics};
@@ -103,7 +104,6 @@ pub struct Vsock {
     tx_stalled: bool,
     scratch: Vec<u8>,
     metrics: Arc<VsockMetrics>,
-    log: LogLimiter,
 }
 
 impl Vsock {
@@ -137,7 +137,6 @@ impl Vsock {
             tx_stalled: false,
             scratch: vec![0; MAX_PKT_PAYLOAD],
             metrics: Arc::new(VsockMetrics::default()),
-            log: LogLimiter::new(),
         })
     }
 
@@ -160,11 +159,11 @@ impl Vsock {
         self.conns.len() + self.handshakes.len()
     }
 
+    /// A guest packet or buffer refused: counted, and logged rate-limited (the guest controls
+    /// how often this happens).
     fn bad_packet(&mut self, what: std::fmt::Arguments) {
         inc(&self.metrics.dropped, 1);
-        if self.log.allow() {
-            warn!("virtio-vsock: {what}");
-        }
+        crate::rl_warn!("virtio-vsock: {what}");
     }
 
     fn update_gauges(&self) {
@@ -247,7 +246,7 @@ impl Vsock {
             let head = chain.head_index();
             self.handle_tx_chain(Reader::new(mem, chain));
             if let Err(e) = queue.add_used(mem, head, 0) {
-                warn!("virtio-vsock: cannot add used TX buffer: {e}");
+                crate::rl_warn!("virtio-vsock: cannot add used TX buffer: {e}");
             }
             used_any = true;
         }
@@ -344,7 +343,7 @@ impl Vsock {
         };
         let token = self.take_token();
         if let Err(e) = self.epoll.add(stream.as_raw_fd(), token, CONN_EVENTS) {
-            warn!("virtio-vsock: cannot watch a new stream: {e}");
+            crate::rl_warn!("virtio-vsock: cannot watch a new stream: {e}");
             return self.queue_rst(rst);
         }
         let mut conn = Connection::new(stream, token, ConnState::Established, pending::RESPONSE);
@@ -479,9 +478,9 @@ impl Vsock {
             match host::read(&conn.stream, &mut self.scratch[..want]) {
                 Ok(0) => conn.host_end_of_file(),
                 Ok(n) => {
-                    conn.sent_to_guest(n as u32);
+                    conn.sent_to_guest(wire_u32(n));
                     let mut hdr = conn.header(cid, key, op::RW);
-                    hdr.len = n as u32;
+                    hdr.len = wire_u32(n);
                     inc(&self.metrics.bytes_to_guest, n as u64);
                     return Some((hdr, n));
                 }
@@ -540,7 +539,7 @@ impl Vsock {
             } else if hdr.op == op::RST {
                 inc(&self.metrics.rst_sent, 1);
             }
-            self.add_used(queue, mem, head, (HDR_LEN + len) as u32);
+            self.add_used(queue, mem, head, wire_u32(HDR_LEN + len));
             used_any = true;
         }
         used_any
@@ -548,7 +547,7 @@ impl Vsock {
 
     fn add_used(&self, queue: &mut Queue, mem: &GuestMemoryMmap, head: u16, len: u32) {
         if let Err(e) = queue.add_used(mem, head, len) {
-            warn!("virtio-vsock: cannot add used buffer: {e}");
+            crate::rl_warn!("virtio-vsock: cannot add used buffer: {e}");
         }
     }
 
@@ -574,7 +573,7 @@ impl Vsock {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    warn!("virtio-vsock: epoll_wait failed: {e}");
+                    crate::rl_warn!("virtio-vsock: epoll_wait failed: {e}");
                     return;
                 }
             };
@@ -638,7 +637,7 @@ impl Vsock {
                 Ok(None) => return,
                 Err(e) => {
                     // EMFILE and the like: the client stays queued until a later edge.
-                    warn!(
+                    crate::rl_warn!(
                         "virtio-vsock: accept on {} failed: {e}",
                         self.path.display()
                     );
@@ -651,7 +650,7 @@ impl Vsock {
             }
             let token = self.take_token();
             if let Err(e) = self.epoll.add(stream.as_raw_fd(), token, CONN_EVENTS) {
-                warn!("virtio-vsock: cannot watch a host client: {e}");
+                crate::rl_warn!("virtio-vsock: cannot watch a host client: {e}");
                 continue;
             }
             self.handshakes.insert(
@@ -764,6 +763,18 @@ impl VirtioDevice for Vsock {
         }
         self.handle_host_events();
         self.run_queues(ctx)
+    }
+
+    /// requests: streams opened (both directions); bytes: payload moved both ways; errors:
+    /// guest packets and buffers refused; drops: connection attempts refused.
+    fn counters(&self) -> Option<crate::DeviceCounters> {
+        let c = self.metrics.snapshot();
+        Some(crate::DeviceCounters {
+            requests: c.host_connections + c.guest_connections,
+            bytes: c.bytes_to_host + c.bytes_to_guest,
+            errors: c.dropped,
+            drops: c.refused,
+        })
     }
 
     fn reset(&mut self) {

@@ -10,6 +10,13 @@ pub const TYPE_STREAM: u16 = 1;
 /// `VIRTIO_VSOCK_MAX_PKT_BUF_SIZE`).
 pub const MAX_PKT_PAYLOAD: usize = 64 << 10;
 
+/// A length that fits the wire's `u32` fields: every payload is at most [`MAX_PKT_PAYLOAD`]
+/// plus the header, and the stream counters (`fwd_cnt`, ...) are modulo 2^32 by the spec.
+#[allow(clippy::cast_possible_truncation)]
+pub fn wire_u32(n: usize) -> u32 {
+    n as u32
+}
+
 /// `VIRTIO_VSOCK_OP_*`.
 pub mod op {
     pub const REQUEST: u16 = 1;
