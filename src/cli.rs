@@ -95,6 +95,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "SIZE", requires = "balloon", value_parser = parse_balloon_target)]
     pub balloon_target: Option<u64>,
 
+    /// A virtio-vsock device for guest CID (3 or more) whose host side is Unix sockets: host
+    /// clients connect to PATH and send `CONNECT <port>\n`; guest connections to host port P
+    /// reach the listener at PATH_P.
+    #[arg(long, value_name = "CID,PATH", value_parser = crate::vsock::parse_vsock)]
+    pub vsock: Option<crate::vsock::VsockConfig>,
+
     /// Directory of the kernel store used to resolve `--kernel NAME`.
     #[arg(long, value_name = "DIR")]
     pub store: Option<PathBuf>,

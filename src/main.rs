@@ -78,6 +78,7 @@ fn run_vm(args: &RunArgs) -> Result<ExitCode, String> {
         },
         disks: args.disks.clone(),
         nets: args.nets.clone(),
+        vsock: args.vsock.clone(),
         rng: !args.no_rng,
         balloon: args.balloon_config(),
         console_out: Box::new(io::stdout()),

@@ -75,6 +75,7 @@ pub struct VmConfig {
     /// The first disk is /dev/vda.
     pub disks: Vec<DiskConfig>,
     pub nets: Vec<NetConfig>,
+    pub vsock: Option<crate::vsock::VsockConfig>,
     /// A virtio-rng entropy device.
     pub rng: bool,
     /// A virtio-balloon, if any.
@@ -136,8 +137,10 @@ pub enum VmError {
         source: devices::virtio::NetError,
     },
     #[error(transparent)]
+    Vsock(#[from] devices::virtio::VsockError),
+    #[error(transparent)]
     OptionalDevice(#[from] crate::optional_devices::OptionalDeviceError),
-    #[error("too many virtio devices: at most {} disks, network cards, rng and balloon together (--no-rng frees one)", VIRTIO_IRQS.len())]
+    #[error("too many virtio devices: at most {} disks, network cards, rng, balloon and vsock together (--no-rng frees one)", VIRTIO_IRQS.len())]
     TooManyDevices,
     #[error("the event loop failed: {0}")]
     EventLoop(io::Error),
@@ -508,6 +511,9 @@ fn create_virtio_devices(
         balloon,
         config.mem_bytes,
     )?);
+    if let Some(vsock) = &config.vsock {
+        models.push(Box::new(vsock.build()?));
+    }
     let mut slots = Vec::with_capacity(models.len());
     for (index, model) in models.into_iter().enumerate() {
         let (base, irq) = virtio_slot(index).ok_or(VmError::TooManyDevices)?;

@@ -98,6 +98,7 @@ pub fn run_raw_guest_configured(
         },
         disks: Vec::new(),
         nets: Vec::new(),
+        vsock: None,
         rng: false,
         balloon: None,
         console_out: Box::new(console.clone()),

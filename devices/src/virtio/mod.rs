@@ -23,6 +23,7 @@ mod net;
 mod rng;
 mod tap;
 mod timer;
+mod vsock;
 
 use std::os::unix::io::RawFd;
 
@@ -36,6 +37,11 @@ pub use mmio::MmioTransport;
 pub use net::{Net, NetError};
 pub use rng::{Rng, RngConfig, RngMetrics, MAX_REQUEST_BYTES as RNG_MAX_REQUEST_BYTES};
 pub use tap::{Tap, TapError};
+pub use vsock::{
+    Vsock, VsockCounters, VsockError, VsockMetrics, CONN_BUF_ALLOC as VSOCK_CONN_BUF_ALLOC,
+    MAX_CONNECTIONS as VSOCK_MAX_CONNECTIONS, MAX_GUEST_CID as VSOCK_MAX_GUEST_CID,
+    MIN_GUEST_CID as VSOCK_MIN_GUEST_CID, VIRTIO_ID_VSOCK,
+};
 
 /// Feature bit: the device complies with virtio 1.x (mandatory for this transport).
 pub const VIRTIO_F_VERSION_1: u64 = 1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
