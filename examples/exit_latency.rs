@@ -63,6 +63,7 @@ fn run(port: u16, write: bool, count: u64) -> f64 {
         },
         disks: Vec::new(),
         nets: Vec::new(),
+        vsock: None,
         rng: false,
         balloon: None,
         console_out: Box::new(Sink),

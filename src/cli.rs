@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use devices::virtio::BlockEngine;
 
 use devices::virtio::BalloonConfig;
 
@@ -66,8 +67,9 @@ pub struct RunArgs {
     pub initrd: Option<PathBuf>,
 
     /// A disk image served as virtio-block (repeatable; the first is /dev/vda). `,ro` makes it
-    /// read-only.
-    #[arg(long = "disk", value_name = "PATH[,ro]", value_parser = parse_disk)]
+    /// read-only; `,engine=sync|uring` picks the I/O engine (default: io_uring where the
+    /// kernel offers it, else sync with a log line).
+    #[arg(long = "disk", value_name = "PATH[,ro][,engine=sync|uring]", value_parser = parse_disk)]
     pub disks: Vec<DiskConfig>,
 
     /// An existing host tap device served as virtio-net (repeatable), optionally with a MAC.
@@ -92,6 +94,12 @@ pub struct RunArgs {
     /// How much memory the balloon asks the guest to give up (e.g. 64M); needs --balloon.
     #[arg(long, value_name = "SIZE", requires = "balloon", value_parser = parse_balloon_target)]
     pub balloon_target: Option<u64>,
+
+    /// A virtio-vsock device for guest CID (3 or more) whose host side is Unix sockets: host
+    /// clients connect to PATH and send `CONNECT <port>\n`; guest connections to host port P
+    /// reach the listener at PATH_P.
+    #[arg(long, value_name = "CID,PATH", value_parser = crate::vsock::parse_vsock)]
+    pub vsock: Option<crate::vsock::VsockConfig>,
 
     /// Directory of the kernel store used to resolve `--kernel NAME`.
     #[arg(long, value_name = "DIR")]
@@ -324,16 +332,23 @@ fn parse_disk(value: &str) -> Result<DiskConfig, String> {
         .filter(|p| !p.is_empty())
         .ok_or("--disk needs a path")?;
     let mut read_only = false;
+    let mut engine = BlockEngine::Auto;
     for option in parts {
         match option {
             "ro" => read_only = true,
             "rw" => read_only = false,
-            other => return Err(format!("unknown disk option '{other}' (only 'ro' or 'rw')")),
+            _ if option.starts_with("engine=") => engine = option["engine=".len()..].parse()?,
+            other => {
+                return Err(format!(
+                    "unknown disk option '{other}' (ro, rw or engine=sync|uring)"
+                ))
+            }
         }
     }
     Ok(DiskConfig {
         path: PathBuf::from(path),
         read_only,
+        engine,
     })
 }
 
@@ -435,6 +450,10 @@ mod tests {
             "a.img",
             "--disk",
             "b.img,ro",
+            "--disk",
+            "c.img,engine=sync,ro",
+            "--disk",
+            "d.img,engine=uring",
             "--net",
             "tap0,mac=52:54:00:12:34:56",
         ])
@@ -444,11 +463,23 @@ mod tests {
             vec![
                 DiskConfig {
                     path: "a.img".into(),
-                    read_only: false
+                    read_only: false,
+                    engine: BlockEngine::Auto
                 },
                 DiskConfig {
                     path: "b.img".into(),
-                    read_only: true
+                    read_only: true,
+                    engine: BlockEngine::Auto
+                },
+                DiskConfig {
+                    path: "c.img".into(),
+                    read_only: true,
+                    engine: BlockEngine::Sync
+                },
+                DiskConfig {
+                    path: "d.img".into(),
+                    read_only: false,
+                    engine: BlockEngine::Uring
                 }
             ]
         );
@@ -460,6 +491,10 @@ mod tests {
             }]
         );
         assert!(parse(&["--disk", "a.img,rx"]).is_err());
+        let err = parse(&["--disk", "a.img,engine=aio"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown block engine 'aio'"), "{err}");
         assert!(parse(&["--disk", ""]).is_err());
         assert!(parse(&["--net", "tap0,mac=01:00:00:00:00:01"]).is_err());
         assert!(parse(&["--net", "tap0,mac=zz"]).is_err());

@@ -5,7 +5,7 @@
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use devices::virtio::BalloonConfig;
+use devices::virtio::{BalloonConfig, BlockEngine};
 
 use crate::api::{ApiServer, CheckedSpec, MachineConfigBody};
 use crate::cli::DEFAULT_CMDLINE;
@@ -14,6 +14,7 @@ use crate::kernel_store::{resolve_kernel, KernelStore};
 use crate::sandbox::{self, FsAccess, SandboxConfig, SeccompMode, ThreadKind};
 use crate::snapshot::{Restore, VirtioBackend};
 use crate::vm::{BootSource, DiskConfig, NetConfig, Vm, VmConfig};
+use crate::vsock::VsockConfig;
 use crate::{clock, terminal};
 
 /// How the process around the VM is set up.
@@ -31,6 +32,8 @@ pub struct LaunchOptions {
     pub rng: bool,
     pub balloon: Option<BalloonConfig>,
     pub acpi: bool,
+    /// `--vsock CID,PATH`.
+    pub vsock: Option<VsockConfig>,
 }
 
 /// What the API reports about the VM once it runs.
@@ -82,6 +85,7 @@ pub fn vm_config(spec: &CheckedSpec, options: &LaunchOptions) -> Result<VmConfig
         },
         disks: spec.disks.clone(),
         nets: spec.nets.clone(),
+        vsock: options.vsock.clone(),
         rng: options.rng,
         balloon: options.balloon.clone(),
         console_out: Box::new(io::stdout()),
@@ -103,6 +107,7 @@ pub fn restore_config(restore: Restore, options: &LaunchOptions) -> (VmConfig, C
             VirtioBackend::Block { path, read_only } => disks.push(DiskConfig {
                 path: path.clone(),
                 read_only: *read_only,
+                engine: BlockEngine::default(),
             }),
             VirtioBackend::Net { tap, mac } => nets.push(NetConfig {
                 tap: tap.clone(),
@@ -125,6 +130,8 @@ pub fn restore_config(restore: Restore, options: &LaunchOptions) -> (VmConfig, C
         boot: BootSource::Snapshot(Box::new(restore)),
         disks,
         nets,
+        // Snapshots of a VM with vsock are refused (its connections cannot be restored).
+        vsock: None,
         rng: machine.rng,
         balloon: machine.balloon.as_ref().map(Into::into),
         console_out: Box::new(io::stdout()),

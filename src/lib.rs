@@ -20,3 +20,4 @@ pub mod terminal;
 pub mod thread_report;
 pub mod vcpu;
 pub mod vm;
+pub mod vsock;

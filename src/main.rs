@@ -93,6 +93,7 @@ fn run_vm(args: &RunArgs) -> Result<ExitCode, String> {
         store: args.store.clone(),
         watchdog: args.watchdog.map(std::time::Duration::from_secs),
         snapshot_dir,
+        vsock: args.vsock.clone(),
         rng: !args.no_rng,
         balloon: args.balloon_config(),
         acpi: args.acpi,

@@ -1,8 +1,5 @@
 //! Builds a VM from a [`VmConfig`] and runs it: KVM objects, guest memory, boot state, devices,
 //! then one thread per vCPU plus the event-loop thread.
-// TODO(issue 12): two `as u32` casts (ioeventfd datamatch, memory slot) to be proven or
-// converted by the lead at merge; then drop this allow.
-#![allow(clippy::cast_possible_truncation)]
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -26,7 +23,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use devices::acpi_sleep::AcpiSleep;
 use devices::i8042::I8042;
 use devices::serial::SerialConsole;
-use devices::virtio::{Block, MmioTransport, Net, VirtioDevice};
+use devices::virtio::{Block, BlockEngine, MmioTransport, Net, VirtioDevice};
 
 use crate::api::ApiServer;
 use crate::boot::{self, BootError};
@@ -65,10 +62,12 @@ pub enum BootSource {
 }
 
 /// A host file served to the guest as a virtio-block disk.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DiskConfig {
     pub path: PathBuf,
     pub read_only: bool,
+    /// io_uring or synchronous I/O; `Auto` picks io_uring where the kernel offers it.
+    pub engine: BlockEngine,
 }
 
 /// A host tap device behind a virtio-net card.
@@ -85,6 +84,7 @@ pub struct VmConfig {
     /// The first disk is /dev/vda.
     pub disks: Vec<DiskConfig>,
     pub nets: Vec<NetConfig>,
+    pub vsock: Option<crate::vsock::VsockConfig>,
     /// A virtio-rng entropy device.
     pub rng: bool,
     /// A virtio-balloon, if any.
@@ -146,8 +146,10 @@ pub enum VmError {
         source: devices::virtio::NetError,
     },
     #[error(transparent)]
+    Vsock(#[from] devices::virtio::VsockError),
+    #[error(transparent)]
     OptionalDevice(#[from] crate::optional_devices::OptionalDeviceError),
-    #[error("too many virtio devices: at most {} disks, network cards, rng and balloon together (--no-rng frees one)", VIRTIO_IRQS.len())]
+    #[error("too many virtio devices: at most {} disks, network cards, rng, balloon and vsock together (--no-rng frees one)", VIRTIO_IRQS.len())]
     TooManyDevices,
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
@@ -315,6 +317,7 @@ impl Vm {
             rng: config.rng,
             balloon: config.balloon.as_ref().map(Into::into),
             acpi: config.acpi,
+            vsock: config.vsock.is_some(),
         };
         let start_paused = matches!(&config.boot, BootSource::Snapshot(r) if !r.resume);
         let mut devices = Devices::new(serial, i8042, virtio);
@@ -564,10 +567,15 @@ fn create_virtio_devices(
 ) -> Result<Vec<VirtioSlot>, VmError> {
     let mut models: Vec<Box<dyn VirtioDevice>> = Vec::new();
     for disk in &config.disks {
-        let block = Block::new(&disk.path, disk.read_only).map_err(|source| VmError::Disk {
-            path: disk.path.clone(),
-            source,
-        })?;
+        // The io_uring ring is set up here, before the sandbox applies.
+        let block =
+            Block::with_engine(&disk.path, disk.read_only, disk.engine).map_err(|source| {
+                VmError::Disk {
+                    path: disk.path.clone(),
+                    source,
+                }
+            })?;
+        log::info!("disk {}: {} engine", disk.path.display(), block.engine());
         models.push(Box::new(block));
     }
     for net in &config.nets {
@@ -584,6 +592,9 @@ fn create_virtio_devices(
         balloon,
         config.mem_bytes,
     )?);
+    if let Some(vsock) = &config.vsock {
+        models.push(Box::new(vsock.build()?));
+    }
     let mut slots = Vec::with_capacity(models.len());
     for (index, model) in models.into_iter().enumerate() {
         let (base, irq) = virtio_slot(index).ok_or(VmError::TooManyDevices)?;
@@ -593,10 +604,10 @@ fn create_virtio_devices(
             .map_err(kvm_err("KVM_IRQFD (virtio)"))?;
         let transport =
             MmioTransport::new(model, mem.clone(), irq_evt).map_err(io_err("virtio transport"))?;
-        for (queue, evt) in transport.queue_events().iter().enumerate() {
+        for (queue, evt) in (0u32..).zip(transport.queue_events()) {
             let notify = IoEventAddress::Mmio(base + VIRTIO_MMIO_QUEUE_NOTIFY);
             vm_fd
-                .register_ioevent(evt, &notify, queue as u32)
+                .register_ioevent(evt, &notify, queue)
                 .map_err(kvm_err("KVM_IOEVENTFD"))?;
         }
         slots.push(VirtioSlot {
@@ -627,7 +638,7 @@ fn open(path: &PathBuf, what: &'static str) -> Result<File, VmError> {
 }
 
 fn map_guest_memory(vm_fd: &VmFd, mem: &GuestMemoryMmap) -> Result<(), VmError> {
-    for (slot, region) in mem.iter().enumerate() {
+    for (slot, region) in (0u32..).zip(mem.iter()) {
         let host = mem
             .get_host_address(region.start_addr())
             .map_err(|e| VmError::Io {
@@ -635,7 +646,7 @@ fn map_guest_memory(vm_fd: &VmFd, mem: &GuestMemoryMmap) -> Result<(), VmError> 
                 source: io::Error::other(e),
             })?;
         let region = kvm_userspace_memory_region {
-            slot: slot as u32,
+            slot,
             guest_phys_addr: region.start_addr().raw_value(),
             memory_size: region.len(),
             userspace_addr: host as u64,

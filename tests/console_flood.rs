@@ -43,37 +43,6 @@ fn flood_guest() -> Vec<u8> {
     })
 }
 
-/// A tiny ELF "kernel" around `code` (the loader's smallest acceptable vmlinux).
-fn tiny_elf_kernel(dir: &std::path::Path, code: &[u8]) -> std::path::PathBuf {
-    let mut elf = vec![0u8; 64 + 56];
-    elf[0..4].copy_from_slice(b"\x7fELF");
-    elf[4] = 2;
-    elf[5] = 1;
-    elf[6] = 1;
-    elf[16..18].copy_from_slice(&2u16.to_le_bytes());
-    elf[18..20].copy_from_slice(&62u16.to_le_bytes());
-    elf[20..24].copy_from_slice(&1u32.to_le_bytes());
-    elf[24..32].copy_from_slice(&GUEST_LOAD_ADDR.to_le_bytes());
-    elf[32..40].copy_from_slice(&64u64.to_le_bytes());
-    elf[52..54].copy_from_slice(&64u16.to_le_bytes());
-    elf[54..56].copy_from_slice(&56u16.to_le_bytes());
-    elf[56..58].copy_from_slice(&1u16.to_le_bytes());
-    let len = u64::try_from(code.len()).unwrap();
-    let ph = &mut elf[64..];
-    ph[0..4].copy_from_slice(&1u32.to_le_bytes());
-    ph[4..8].copy_from_slice(&7u32.to_le_bytes());
-    ph[8..16].copy_from_slice(&120u64.to_le_bytes());
-    ph[16..24].copy_from_slice(&GUEST_LOAD_ADDR.to_le_bytes());
-    ph[24..32].copy_from_slice(&GUEST_LOAD_ADDR.to_le_bytes());
-    ph[32..40].copy_from_slice(&len.to_le_bytes());
-    ph[40..48].copy_from_slice(&len.to_le_bytes());
-    ph[48..56].copy_from_slice(&0x1000u64.to_le_bytes());
-    elf.extend_from_slice(code);
-    let path = dir.join("flood-vmlinux");
-    std::fs::write(&path, elf).unwrap();
-    path
-}
-
 /// A pseudo-terminal: (master, slave).
 fn open_pty() -> Option<(File, OwnedFd)> {
     // SAFETY: plain libc pty calls; ptsname's result is used before any other pty call.

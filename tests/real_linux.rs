@@ -439,6 +439,53 @@ fn memory_the_guest_frees_goes_back_to_the_host() {
 }
 
 #[test]
+#[ignore = "boots real Linux on a real KVM (nested); run with --ignored"]
+fn vsock_carries_data_both_ways_between_a_host_agent_and_the_guest() {
+    if std::env::var("VOLT_E2E_VMM").is_ok_and(|v| v != "volt") {
+        eprintln!("SKIP: the vsock case runs under volt only");
+        return;
+    }
+    let name = "rootfs-cpus1";
+    let Some(case) = boot(name) else { return };
+    let report = || {
+        format!(
+            "--- serial ---\n{}\n--- stderr/host ---\n{}",
+            case.serial, case.stderr
+        )
+    };
+    // Guest -> host: the guest connected to host port 6000 (PATH_6000) and got the answer.
+    assert_serial_contains(name, case, "VOLT-VSOCK-DEVICE");
+    assert_serial_contains(name, case, "VOLT-VSOCK-REPLY hello-from-host");
+    // Host -> guest: CONNECT 5000 reached the guest's listener; echo, round trips, 8 MiB each
+    // way, and QUIT: five streams served.
+    for line in [
+        "HOST-VSOCK-FROM-GUEST hello-from-guest",
+        "HOST-VSOCK-ECHO-OK ping-from-host",
+        "HOST-VSOCK-QUIT-OK",
+        "HOST-VSOCK-ALL-OK",
+    ] {
+        assert!(
+            case.has_host_line(line),
+            "{name}: no {line:?}\n{}",
+            report()
+        );
+    }
+    for prefix in [
+        "HOST-VSOCK-BENCH to_guest bytes=8388608 got=8388608 ",
+        "HOST-VSOCK-BENCH from_guest bytes=8388608 got=8388608 ",
+        "HOST-VSOCK-BENCH rtt64 rounds=500 ",
+    ] {
+        assert!(
+            case.stderr.lines().any(|l| l.starts_with(prefix)),
+            "{name}: no {prefix:?}\n{}",
+            report()
+        );
+    }
+    assert_serial_contains(name, case, "VOLT-VSOCK-SERVED 5");
+    assert_exited_cleanly(name, case);
+}
+
+#[test]
 fn case_parser_splits_serial_stderr_and_status() {
     let text =
         "noise\nVOLT-CASE-BEGIN a\nVOLT-CASE-COMMAND x\nVOLT-INIT-READY uptime=0.5 cpus=3\r\n\

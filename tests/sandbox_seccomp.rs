@@ -101,6 +101,16 @@ fn socket() -> libc::c_long {
     unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) as libc::c_long }
 }
 
+fn unix_socket(type_: libc::c_int) -> libc::c_long {
+    // SAFETY: plain socket creation.
+    unsafe { libc::socket(libc::AF_UNIX, type_, 0) as libc::c_long }
+}
+
+fn shutdown(fd: i32, how: libc::c_int) -> libc::c_long {
+    // SAFETY: shutdown on a descriptor we own.
+    unsafe { libc::shutdown(fd, how) as libc::c_long }
+}
+
 fn open_read(path: &str) -> libc::c_long {
     let path = CString::new(path).unwrap();
     // SAFETY: NUL-terminated path.
@@ -282,6 +292,28 @@ fn event_loop_filter_errno_mode_allows_device_io_only() {
             fails_with("openat", open_read("/etc/hostname"), libc::EPERM)?;
             fails_with("socket", socket(), libc::EPERM)?;
             fails_with("execve", execve_true(), libc::EPERM)?;
+            // vsock: non-blocking close-on-exec AF_UNIX stream sockets only, SHUT_WR only.
+            let flags = libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
+            let unix = ok(
+                "AF_UNIX stream socket",
+                unix_socket(libc::SOCK_STREAM | flags),
+            )? as i32;
+            fails_with(
+                "blocking AF_UNIX socket",
+                unix_socket(libc::SOCK_STREAM),
+                libc::EPERM,
+            )?;
+            fails_with(
+                "AF_UNIX datagram socket",
+                unix_socket(libc::SOCK_DGRAM | flags),
+                libc::EPERM,
+            )?;
+            ok("shutdown SHUT_WR", shutdown(unix, libc::SHUT_WR))?;
+            fails_with(
+                "shutdown SHUT_RD",
+                shutdown(unix, libc::SHUT_RD),
+                libc::EPERM,
+            )?;
             Ok(())
         },
     );

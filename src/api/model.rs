@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::http::{Method, Request, Response};
+use devices::virtio::BlockEngine;
+
 use crate::cli::{parse_mac, MIN_MEM_BYTES};
 use crate::vm::{DiskConfig, NetConfig, MAX_VCPUS};
 
@@ -356,6 +358,7 @@ impl VmSpec {
             .map(|d| DiskConfig {
                 path: PathBuf::from(&d.path_on_host),
                 read_only: d.is_read_only,
+                engine: BlockEngine::default(),
             })
             .collect();
         let nets = self

@@ -266,7 +266,7 @@ impl EventLoop {
                 );
                 Response::no_content()
             }
-            Err(e @ (SnapshotError::NotPaused | SnapshotError::Path(_))) => {
+            Err(e @ (SnapshotError::NotPaused | SnapshotError::Path(_) | SnapshotError::Vsock)) => {
                 Response::error(400, e.to_string())
             }
             Err(e) => Response::error(400, format!("snapshot failed: {e}")),
@@ -280,6 +280,9 @@ impl EventLoop {
         let control = self.control.as_ref().ok_or(SnapshotError::NotPaused)?;
         if control.state != RunState::Paused {
             return Err(SnapshotError::NotPaused);
+        }
+        if control.layout.vsock {
+            return Err(SnapshotError::Vsock);
         }
         let vcpus = control
             .pause
@@ -317,6 +320,7 @@ impl EventLoop {
                 *mac = Some(bytes);
             }
         }
+        snapshot::quiesce_devices(&mut self.devices);
         let devices = snapshot::save_devices(&self.devices);
         let control = self.control.as_ref().ok_or(SnapshotError::NotPaused)?;
         let state = VmSnapshot {

@@ -5,6 +5,11 @@
 //! writable disk) on the disk image files themselves. TCP bind/connect are handled with no grant,
 //! and abstract UNIX sockets / signals are scoped to the sandbox. The ruleset is best-effort:
 //! an older kernel enforces what it knows and the report says so.
+//!
+//! vsock needs no grant: its listening socket at `PATH` is bound before the ruleset applies
+//! (binding a new socket is then refused, `MakeSock`), and connecting to a pathname socket
+//! (`PATH_P`, for guest-initiated streams) is not a file-system access Landlock handles up to
+//! ABI 6 (`tests/sandbox_landlock.rs` checks both).
 
 use std::fmt;
 use std::path::PathBuf;

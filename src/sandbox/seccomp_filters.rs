@@ -124,6 +124,10 @@ pub enum ArgRule {
     /// Argument `arg` is the snapshot directory's fd (`--snapshot-dir`), read when the filter
     /// is built; without a snapshot directory nothing matches.
     SnapshotDirFd { arg: u8 },
+    /// Every listed 32-bit argument equals its named value (e.g. socket's domain and type).
+    AllEqual {
+        args: &'static [(u8, &'static str, u64)],
+    },
 }
 
 /// The fd of `--snapshot-dir`, if any (set once at start-up, before the filters are built).
@@ -200,6 +204,10 @@ pub const TCGETS: u64 = libc::TCGETS as u64;
 pub const TCSETS: u64 = libc::TCSETS as u64;
 #[allow(clippy::unnecessary_cast)]
 pub const TCSETSW: u64 = libc::TCSETSW as u64;
+
+/// Flags of every vsock socket (`accept4` flags; added to `socket`'s type).
+const VSOCK_SOCK_FLAGS: u64 = (libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) as u64;
+const VSOCK_SOCKET_TYPE: u64 = libc::SOCK_STREAM as u64 | VSOCK_SOCK_FLAGS;
 
 const NO_EXEC: ArgRule = ArgRule::BitsClear {
     arg: 2,
@@ -343,11 +351,10 @@ const EVENT_LOOP: &[AllowedSyscall] = &[
     FCNTL_GETFD,
     allow("epoll_wait", libc::SYS_epoll_wait, "mio poll"),
     allow("epoll_pwait", libc::SYS_epoll_pwait, "mio poll"),
-    allow("epoll_ctl", libc::SYS_epoll_ctl, "mio (re)registration"),
     allow(
-        "accept4",
-        libc::SYS_accept4,
-        "API socket (--api-sock): accept a client connection",
+        "epoll_ctl",
+        libc::SYS_epoll_ctl,
+        "mio (re)registration; vsock adds its streams to its own epoll set",
     ),
     allow(
         "recvfrom",
@@ -377,6 +384,11 @@ const EVENT_LOOP: &[AllowedSyscall] = &[
     allow("lseek", libc::SYS_lseek, "disk image size / position"),
     allow("fsync", libc::SYS_fsync, "virtio-blk flush"),
     allow("fdatasync", libc::SYS_fdatasync, "virtio-blk flush"),
+    allow(
+        "io_uring_enter",
+        libc::SYS_io_uring_enter,
+        "virtio-blk io_uring engine: submit requests, wait for them on reset (ring set up before the filter)",
+    ),
     allow("fstat", libc::SYS_fstat, "disk image size"),
     allow(
         "timerfd_settime",
@@ -406,6 +418,43 @@ const EVENT_LOOP: &[AllowedSyscall] = &[
     ),
     GETPID,
     TGKILL_OWN_PROCESS,
+    allow_if(
+        "accept4",
+        libc::SYS_accept4,
+        ArgRule::AllEqual {
+            args: &[(3, "SOCK_NONBLOCK|SOCK_CLOEXEC", VSOCK_SOCK_FLAGS)],
+        },
+        "vsock: host clients connecting to the listener at PATH; the API socket's clients",
+    ),
+    allow_if(
+        "socket",
+        libc::SYS_socket,
+        ArgRule::AllEqual {
+            args: &[
+                (0, "AF_UNIX", libc::AF_UNIX as u64),
+                (
+                    1,
+                    "SOCK_STREAM|SOCK_NONBLOCK|SOCK_CLOEXEC",
+                    VSOCK_SOCKET_TYPE,
+                ),
+            ],
+        },
+        "vsock: a Unix stream socket for a guest connection to host port P",
+    ),
+    allow(
+        "connect",
+        libc::SYS_connect,
+        "vsock: connect that socket to PATH_P (only AF_UNIX sockets can be created)",
+    ),
+    allow_if(
+        "shutdown",
+        libc::SYS_shutdown,
+        ArgRule::OneOf {
+            arg: 1,
+            values: &[("SHUT_WR", libc::SHUT_WR as u64)],
+        },
+        "vsock: the guest shut its sending side, the host peer reads end-of-file",
+    ),
     allow_if(
         "ioctl",
         libc::SYS_ioctl,
@@ -505,7 +554,19 @@ fn rule_chain(entry: &AllowedSyscall, own_pid: u64) -> Result<Vec<SeccompRule>, 
         ArgRule::OwnPid { arg } => single(condition(arg, SeccompCmpOp::Eq, own_pid)?),
         ArgRule::SnapshotDirFd { arg } => {
             let fd = SNAPSHOT_DIR_FD.load(std::sync::atomic::Ordering::Acquire);
-            single(condition(arg, SeccompCmpOp::Eq, u64::from(fd as u32))?)
+            // The kernel compares the low 32 bits: -1 (no directory) matches no real fd.
+            single(condition(
+                arg,
+                SeccompCmpOp::Eq,
+                u64::from(u32::from_ne_bytes(fd.to_ne_bytes())),
+            )?)
+        }
+        ArgRule::AllEqual { args } => {
+            let conditions = args
+                .iter()
+                .map(|&(arg, _, value)| condition(arg, SeccompCmpOp::Eq, value))
+                .collect::<Result<Vec<_>, _>>()?;
+            SeccompRule::new(conditions).map(|rule| vec![rule])
         }
     }
 }
@@ -559,6 +620,13 @@ fn describe_rule(rule: &ArgRule) -> String {
         ArgRule::BitsSet { arg, mask_name, .. } => format!("arg{arg} with {mask_name}"),
         ArgRule::OwnPid { arg } => format!("arg{arg} == own pid"),
         ArgRule::SnapshotDirFd { arg } => format!("arg{arg} == --snapshot-dir fd"),
+        ArgRule::AllEqual { args } => {
+            let parts: Vec<String> = args
+                .iter()
+                .map(|(arg, name, value)| format!("arg{arg} == {name} ({value:#x})"))
+                .collect();
+            parts.join(", ")
+        }
     }
 }
 
@@ -618,14 +686,38 @@ mod tests {
     }
 
     #[test]
+    fn sockets_only_on_the_event_loop_and_only_unix_streams() {
+        for kind in [ThreadKind::Vcpu, ThreadKind::Main] {
+            for entry in allowed_syscalls(kind) {
+                assert!(
+                    ![libc::SYS_socket, libc::SYS_connect, libc::SYS_accept4].contains(&entry.nr),
+                    "{kind} allows {}",
+                    entry.name
+                );
+            }
+        }
+        let socket = allowed_syscalls(ThreadKind::EventLoop)
+            .into_iter()
+            .find(|e| e.nr == libc::SYS_socket)
+            .expect("vsock needs socket on the event loop");
+        let ArgRule::AllEqual { args } = socket.rule else {
+            panic!("socket must be argument-filtered: {:?}", socket.rule);
+        };
+        assert!(
+            args.contains(&(0, "AF_UNIX", libc::AF_UNIX as u64)),
+            "{args:?}"
+        );
+    }
+
+    #[test]
     fn dangerous_calls_are_never_allowed() {
         let forbidden = [
             libc::SYS_execve,
             libc::SYS_execveat,
             libc::SYS_open,
             libc::SYS_openat,
-            libc::SYS_socket,
-            libc::SYS_connect,
+            libc::SYS_bind,
+            libc::SYS_listen,
             libc::SYS_clone,
             libc::SYS_clone3,
             libc::SYS_fork,

@@ -88,6 +88,9 @@ pub struct MachineLayout {
     pub rng: bool,
     pub balloon: Option<BalloonLayout>,
     pub acpi: bool,
+    /// A vsock device (last slot): its host connections cannot be saved, so such a VM is
+    /// not snapshotted.
+    pub vsock: bool,
 }
 
 impl MachineLayout {
@@ -136,6 +139,10 @@ pub struct VmSnapshot {
 pub enum SnapshotError {
     #[error("the VM must be paused first (PATCH /vm {{\"state\":\"Paused\"}})")]
     NotPaused,
+    #[error(
+        "a VM with a vsock device cannot be snapshotted (its host connections cannot be restored)"
+    )]
+    Vsock,
     #[error("{0}")]
     Path(String),
     #[error("cannot {what} {path}: {source}")]
@@ -197,6 +204,13 @@ pub fn save_vm_state(vm_fd: &VmFd, clock: kvm_clock_data) -> Result<VmState, Sna
         pit: vm_fd.get_pit2().map_err(kvm("KVM_GET_PIT2"))?,
         clock,
     })
+}
+
+/// Lets every device finish its in-flight host work (io_uring requests) first.
+pub fn quiesce_devices(devices: &mut Devices) {
+    for slot in &mut devices.virtio {
+        slot.transport.quiesce();
+    }
 }
 
 /// Saves every device (the VM is paused; the caller is the loop that owns them).

@@ -32,8 +32,17 @@ cp "$P/rootfs.ext4" "$TMPD/disk.ext4"
 small=$K/vmlinux
 [ "$VMM" = qemu ] && small=$K/bzImage # QEMU needs a PVH note to boot an ELF vmlinux
 # rootfs-cpus1 reads /dev/hwrng (Volt's virtio-rng is on by default).
+# With volt it also has vsock: perf/vsockhost (the host agent, started as the case's watcher) and
+# the guest's volt.run=vsock exchange data both ways, then time round trips and bulk transfers.
+vsock_run=
+if [ "$VMM" = volt ]; then
+  rm -f "$TMPD/v.sock"
+  vsock_host() { vsockhost "$TMPD/v.sock" 5000 6000 8388608 500 >> "$TMPD/case.host" 2>&1; }
+  VOLT_EXTRA_ARGS="--vsock 3,$TMPD/v.sock" CASE_WATCH=vsock_host vsock_run=" volt.run=vsock"
+fi
 QEMU_EXTRA_ARGS="-device virtio-rng-device"
-boot_case "rootfs-cpus1" "$VMM" 1 "$K/bzImage" "$TMPD/disk.ext4" "" "volt.persist=alpha volt.run=hwrng"
+boot_case "rootfs-cpus1" "$VMM" 1 "$K/bzImage" "$TMPD/disk.ext4" "" "volt.persist=alpha volt.run=hwrng$vsock_run"
+VOLT_EXTRA_ARGS= CASE_WATCH=
 # rootfs-cpus2 also has a balloon: the guest frees 128 MiB, the host watches the VMM's RSS.
 # acpi=off: the project's kernel (built with ACPI) must find its CPUs through the MP table.
 VOLT_EXTRA_ARGS=$BALLOON_VOLT_ARGS QEMU_EXTRA_ARGS=$BALLOON_QEMU_ARGS CASE_WATCH=balloon_rss_watch

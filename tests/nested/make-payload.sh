@@ -78,6 +78,8 @@ if [ "$qemu" = 1 ]; then
   cp /usr/share/qemu/qboot.rom /usr/share/qemu/bios-microvm.bin "$out/share/" 2>/dev/null || true
   cp -L /usr/share/qemu/linuxboot_dma.bin "$out/share/" 2>/dev/null || true
 fi
+# The vsock host agent of the e2e vsock case and its benchmark (static, as the payload needs).
+gcc -O2 -static -o "$out/bin/vsockhost" "$repo/perf/vsockhost.c"
 if [ "$bootmeasure" = 1 ]; then
   gcc -O2 -static -o "$out/bin/bootmeasure" "$repo/perf/bootmeasure.c"
 fi

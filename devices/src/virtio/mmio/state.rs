@@ -40,6 +40,24 @@ pub struct TransportSnapshot {
     pub queues: Vec<QueueSnapshot>,
 }
 
+impl MmioTransport {
+    /// Lets the device finish what its host side has in flight (see
+    /// [`crate::virtio::VirtioDevice::quiesce`]) and interrupts the guest for it: call before
+    /// [`Persist::save`], with the vCPUs paused.
+    pub fn quiesce(&mut self) {
+        if !self.activated {
+            return;
+        }
+        let mut ctx = QueueContext {
+            mem: &self.mem,
+            queues: &mut self.queues,
+        };
+        if self.device.quiesce(&mut ctx) {
+            self.signal_used_queues();
+        }
+    }
+}
+
 impl Persist for MmioTransport {
     type State = TransportSnapshot;
 
