@@ -9,7 +9,6 @@ use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use common::api_client::{call, read_answer, VoltProcess};
-use common::elf::tiny_elf_kernel;
 use common::guests::{counted, counting_guest};
 use common::*;
 use iced_x86::code_asm::*;

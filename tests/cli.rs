@@ -7,7 +7,6 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::elf::tiny_elf_kernel;
 use common::*;
 use iced_x86::code_asm::*;
 

@@ -3,7 +3,6 @@
 #![allow(dead_code)]
 
 pub mod api_client;
-pub mod elf;
 pub mod guests;
 pub mod isolated;
 
