@@ -133,6 +133,21 @@ pub struct RunArgs {
     #[arg(long)]
     pub print_seccomp: bool,
 
+    /// Serve the HTTP API (Firecracker's resource names) on this Unix socket, created
+    /// owner-only. Without --kernel or --config-file, Volt waits for `InstanceStart`.
+    #[arg(long, value_name = "PATH")]
+    pub api_sock: Option<PathBuf>,
+
+    /// Directory in which `PUT /snapshot/create` may write its files (the sandbox allows
+    /// creating files there and nowhere else). Without it, snapshots are refused.
+    #[arg(long, value_name = "DIR")]
+    pub snapshot_dir: Option<PathBuf>,
+
+    /// Boot the VM described by this JSON file (the bodies of the API's PUTs in one object:
+    /// boot-source, machine-config, drives, network-interfaces).
+    #[arg(long, value_name = "PATH",
+          conflicts_with_all = ["kernel", "cpus", "mem", "cmdline", "initrd", "disks", "nets"])]
+    pub config_file: Option<PathBuf>,
     /// Print a report of what every thread is doing when neither a vCPU nor the event loop made
     /// progress for SECS seconds (an idle guest also makes none). `kill -USR1 <pid>` prints the
     /// same report at any time.
@@ -360,7 +375,7 @@ fn parse_net(value: &str) -> Result<NetConfig, String> {
     })
 }
 
-fn parse_mac(text: &str) -> Result<[u8; 6], String> {
+pub fn parse_mac(text: &str) -> Result<[u8; 6], String> {
     let bytes: Vec<u8> = text
         .split(':')
         .map(|b| {
@@ -497,6 +512,14 @@ mod tests {
             SeccompMode::Errno
         );
         assert!(parse(&["--seccomp", "maybe"]).is_err());
+    }
+
+    #[test]
+    fn config_file_replaces_the_vm_flags() {
+        let cli = parse(&["--config-file", "vm.json", "--api-sock", "/tmp/s"]).unwrap();
+        assert_eq!(cli.run.config_file, Some(PathBuf::from("vm.json")));
+        assert!(parse(&["--config-file", "vm.json", "--kernel", "k"]).is_err());
+        assert!(parse(&["--config-file", "vm.json", "--cpus", "2"]).is_err());
     }
 
     #[test]

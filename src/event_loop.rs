@@ -15,9 +15,13 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::api::ApiServer;
 use crate::device_manager::{DeviceEvent, Devices};
 use crate::thread_report::{LoopPhase, ThreadStates};
 use crate::vcpu::{AddressSpace, IoData, VcpuMessage, VcpuStop};
+
+// The API socket and the VM control behind it (pause, snapshot, metrics).
+mod control;
 
 const VCPU_TOKEN: Token = Token(0);
 const STDIN_TOKEN: Token = Token(1);
@@ -85,6 +89,9 @@ pub struct EventLoop {
     stdin: Option<RawFd>,
     vcpus_running: usize,
     stats: LoopStats,
+    /// The API socket, when Volt runs with `--api-sock` (see [`control`]).
+    api: Option<ApiServer>,
+    control: Option<control::Control>,
     states: Arc<ThreadStates>,
     linger: Option<Duration>,
 }
@@ -133,6 +140,8 @@ impl EventLoop {
             stdin,
             vcpus_running: vcpu_count,
             stats: LoopStats::default(),
+            api: None,
+            control: None,
             states,
             linger: None,
         })
@@ -154,7 +163,9 @@ impl EventLoop {
             // is seen here, and then epoll is only asked what else is ready.
             let rx = &self.vcpu_rx;
             let pending = self.states.event_loop.going_to_sleep(|| !rx.is_empty());
-            let timeout = pending.then_some(Duration::ZERO);
+            let timeout = pending
+                .then_some(Duration::ZERO)
+                .or(self.control_poll_timeout());
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -188,6 +199,7 @@ impl EventLoop {
                         let _ = self.reset_evt.read();
                         Some(VmExit::Reset)
                     }
+                    token if ApiServer::owns(token) => self.handle_api_event(event),
                     Token(token) => {
                         let source = token - FIRST_DEVICE_TOKEN;
                         self.states
@@ -206,6 +218,7 @@ impl EventLoop {
                 return Ok((exit, std::mem::take(&mut self.stats)));
             }
             self.flush_console();
+            self.control_tick();
             if served_vcpus {
                 self.linger();
             }
@@ -308,6 +321,7 @@ impl EventLoop {
                     // The vCPU may already be gone when the VM is stopping.
                     let _ = reply.send(data);
                 }
+                VcpuMessage::Paused { vcpu } => self.vcpu_parked(vcpu),
                 VcpuMessage::Stopped { vcpu, reason } => match reason {
                     VcpuStop::Shutdown | VcpuStop::SystemEvent(_) => {
                         return Some(VmExit::Shutdown { vcpu })

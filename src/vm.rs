@@ -25,16 +25,23 @@ use devices::i8042::I8042;
 use devices::serial::SerialConsole;
 use devices::virtio::{Block, BlockEngine, MmioTransport, Net, VirtioDevice};
 
+use crate::api::ApiServer;
 use crate::boot::{self, BootError};
 use crate::device_manager::{
     virtio_cmdline_entry, virtio_slot, Devices, VirtioSlot, SERIAL_IRQ, VIRTIO_IRQS,
     VIRTIO_MMIO_QUEUE_NOTIFY,
 };
 use crate::event_loop::{EventLoop, LoopStats, VmExit};
+use crate::launch::VmInfo;
 use crate::optional_devices;
+use crate::pause::pause_channels;
 use crate::sandbox::{apply_seccomp, SeccompMode, ThreadKind};
+use crate::snapshot::{self, MachineLayout, Restore, SnapshotError, VirtioBackend};
 use crate::thread_report::{wait_reporting, ReportSignal, ThreadStates};
 use crate::vcpu::{spawn_vcpu, LoopLink, VcpuHandle, VcpuMessage};
+
+/// The i8042's keyboard interrupt (Ctrl-Alt-Del from the API).
+const KEYBOARD_IRQ: u32 = 1;
 
 /// The most vCPUs the MP table can describe (I/O APIC id = vCPU count must stay below 255).
 pub const MAX_VCPUS: u8 = boot::MAX_CPUS;
@@ -50,6 +57,8 @@ pub enum BootSource {
     /// Bare machine code copied to `load_addr`; every vCPU starts there in 64-bit mode with
     /// its index in RDI. Used by the tests to run tiny guests through the real VMM.
     Raw { code: Vec<u8>, load_addr: u64 },
+    /// A snapshot: its memory file is the guest memory and its state is written back.
+    Snapshot(Box<Restore>),
 }
 
 /// A host file served to the guest as a virtio-block disk.
@@ -142,6 +151,8 @@ pub enum VmError {
     OptionalDevice(#[from] crate::optional_devices::OptionalDeviceError),
     #[error("too many virtio devices: at most {} disks, network cards, rng, balloon and vsock together (--no-rng frees one)", VIRTIO_IRQS.len())]
     TooManyDevices,
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
     #[error("the event loop failed: {0}")]
     EventLoop(io::Error),
     #[error("the event loop thread panicked")]
@@ -168,7 +179,7 @@ pub fn open_kvm() -> Result<Kvm, VmError> {
 /// A VM whose memory, boot state and devices are ready, with no thread started yet.
 pub struct Vm {
     _kvm: Kvm,
-    _vm_fd: VmFd,
+    _vm_fd: Arc<VmFd>,
     guest_memory: GuestMemoryMmap,
     vcpus: Vec<VcpuFd>,
     poll: Poll,
@@ -177,7 +188,13 @@ pub struct Vm {
     console_in: Option<RawFd>,
     console_out_fd: Option<RawFd>,
     seccomp: SeccompMode,
+    /// The API socket the event loop serves, if any.
+    api: Option<(ApiServer, VmInfo)>,
     watchdog: Option<std::time::Duration>,
+    /// Recorded in snapshots.
+    layout: MachineLayout,
+    /// A restored VM whose guest waits for `PATCH /vm {"state":"Resumed"}`.
+    start_paused: bool,
     /// CPUs this process may run on, read before the sandbox closes /proc and /sys.
     host_cpus: usize,
 }
@@ -193,13 +210,21 @@ fn loop_linger() -> Option<std::time::Duration> {
 }
 
 impl Vm {
+    /// Has the event loop serve `api` once the VM starts.
+    pub fn attach_api(&mut self, api: ApiServer, info: VmInfo) {
+        self.api = Some((api, info));
+    }
+
     pub fn build(config: VmConfig) -> Result<Vm, VmError> {
         if config.vcpus == 0 || config.vcpus > MAX_VCPUS {
             return Err(VmError::BadVcpuCount(config.vcpus));
         }
         let kvm = open_kvm()?;
         let vm_fd = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
-        let mem = boot::layout::create_guest_memory(config.mem_bytes)?;
+        let mem = match &config.boot {
+            BootSource::Snapshot(restore) => restore.memory.clone(),
+            _ => boot::layout::create_guest_memory(config.mem_bytes)?,
+        };
         map_guest_memory(&vm_fd, &mem)?;
         create_interrupt_controllers(&vm_fd)?;
 
@@ -237,8 +262,10 @@ impl Vm {
                     })?;
                 None
             }
+            BootSource::Snapshot(_) => None,
         };
-        if config.acpi {
+        // A restored guest's tables are in its memory already.
+        if config.acpi && !matches!(config.boot, BootSource::Snapshot(_)) {
             // Every virtio-mmio slot, whatever its device, appears in the DSDT.
             let windows: Vec<_> = virtio.iter().map(VirtioSlot::acpi_device).collect();
             boot::write_acpi_tables(&mem, config.vcpus, &windows)?;
@@ -247,6 +274,10 @@ impl Vm {
         let supported_cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+        // The MSRs a snapshot saves (the vCPU threads cannot ask /dev/kvm later).
+        if let Ok(list) = kvm.get_msr_index_list() {
+            crate::snapshot::vcpu_state::set_msr_indices(list.as_slice().to_vec());
+        }
         let mut vcpus = Vec::with_capacity(config.vcpus.into());
         for index in 0..config.vcpus {
             let vcpu = vm_fd
@@ -259,23 +290,42 @@ impl Vm {
             }
             vcpus.push(vcpu);
         }
+        if let BootSource::Snapshot(restore) = &config.boot {
+            snapshot::restore_machine(&vm_fd, &vcpus, &restore.snapshot)?;
+        }
 
         let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(io_err("eventfd"))?;
         vm_fd
             .register_irqfd(&serial_irq, SERIAL_IRQ)
             .map_err(kvm_err("KVM_IRQFD (serial)"))?;
         let reset_evt = EventFd::new(EFD_NONBLOCK).map_err(io_err("eventfd"))?;
-        let i8042 = I8042::new(reset_evt.try_clone().map_err(io_err("eventfd"))?);
-        let mut devices = Devices::new(
-            SerialConsole::new(serial_irq, config.console_out),
-            i8042,
-            virtio,
-        );
+        let mut i8042 = I8042::new(reset_evt.try_clone().map_err(io_err("eventfd"))?);
+        let keyboard_irq = EventFd::new(EFD_NONBLOCK).map_err(io_err("eventfd"))?;
+        vm_fd
+            .register_irqfd(&keyboard_irq, KEYBOARD_IRQ)
+            .map_err(kvm_err("KVM_IRQFD (keyboard)"))?;
+        i8042.set_keyboard_irq(keyboard_irq);
+        let mut serial = SerialConsole::new(serial_irq, config.console_out);
+        let mut virtio = virtio;
+        if let BootSource::Snapshot(restore) = &config.boot {
+            snapshot::restore_devices(&mut serial, &mut i8042, &mut virtio, &restore.snapshot)?;
+        }
+        let layout = MachineLayout {
+            vcpus: config.vcpus,
+            mem_bytes: config.mem_bytes,
+            backends: virtio_backends(&config.disks, &config.nets),
+            rng: config.rng,
+            balloon: config.balloon.as_ref().map(Into::into),
+            acpi: config.acpi,
+            vsock: config.vsock.is_some(),
+        };
+        let start_paused = matches!(&config.boot, BootSource::Snapshot(r) if !r.resume);
+        let mut devices = Devices::new(serial, i8042, virtio);
         devices.acpi_sleep = config.acpi.then(AcpiSleep::new);
 
         Ok(Vm {
             _kvm: kvm,
-            _vm_fd: vm_fd,
+            _vm_fd: Arc::new(vm_fd),
             guest_memory: mem,
             vcpus,
             poll: Poll::new().map_err(io_err("epoll"))?,
@@ -284,7 +334,10 @@ impl Vm {
             console_in: config.console_in,
             console_out_fd: config.console_out_fd,
             seccomp: config.seccomp,
+            api: None,
             watchdog: config.watchdog,
+            layout,
+            start_paused,
             host_cpus: thread::available_parallelism().map_or(1, |n| n.get()),
         })
     }
@@ -313,7 +366,10 @@ impl Vm {
             console_in,
             console_out_fd,
             seccomp,
+            api,
             watchdog,
+            layout,
+            start_paused,
             host_cpus,
         } = self;
         // Bounded, so a guest that floods the loop with writes is slowed down, not buffered.
@@ -332,6 +388,16 @@ impl Vm {
             states.clone(),
         )
         .map_err(VmError::EventLoop)?;
+        let (pause_ends, pause_control, vcpu_threads) = pause_channels(vcpu_count);
+        event_loop.attach_vm_control(pause_control, _vm_fd.clone(), guest_memory.clone(), layout);
+        if start_paused {
+            event_loop.start_paused();
+        }
+        if let Some((api, info)) = api {
+            event_loop
+                .attach_api(api, info)
+                .map_err(VmError::EventLoop)?;
+        }
         if let Some(fd) = console_out_fd {
             event_loop.watch_console_output(fd);
         }
@@ -357,11 +423,12 @@ impl Vm {
 
         let stop = Arc::new(AtomicBool::new(false));
         let mut handles = Vec::with_capacity(vcpu_count);
-        for (index, vcpu) in vcpus.into_iter().enumerate() {
+        for ((index, vcpu), pause) in vcpus.into_iter().enumerate().zip(pause_ends) {
             let link = LoopLink {
                 sender: sender.clone(),
                 waker: waker.clone(),
                 line_status: line_status.clone(),
+                pause: Some(pause),
                 states: states.clone(),
             };
             match spawn_vcpu(index, vcpu, link, stop.clone(), seccomp, states.clone()) {
@@ -376,6 +443,7 @@ impl Vm {
                 }
             }
         }
+        vcpu_threads.publish(handles.iter().map(VcpuHandle::pthread));
         Ok(RunningVm {
             loop_thread,
             loop_done,
@@ -430,7 +498,7 @@ pub struct RunningVm {
     stop: Arc<AtomicBool>,
     // Dropped last: the vCPU threads must be gone before the guest memory is unmapped and
     // the VM and KVM fds close.
-    _vm_fd: VmFd,
+    _vm_fd: Arc<VmFd>,
     _kvm: Kvm,
     _guest_memory: GuestMemoryMmap,
 }
@@ -475,6 +543,19 @@ pub fn full_cmdline(base: &str, disks: &[DiskConfig], virtio: &[VirtioSlot]) -> 
         cmdline.push_str(&virtio_cmdline_entry(slot.base, slot.irq));
     }
     cmdline
+}
+
+/// The host side of each virtio slot, in the order [`create_virtio_devices`] fills them.
+fn virtio_backends(disks: &[DiskConfig], nets: &[NetConfig]) -> Vec<VirtioBackend> {
+    let disks = disks.iter().map(|d| VirtioBackend::Block {
+        path: d.path.clone(),
+        read_only: d.read_only,
+    });
+    let nets = nets.iter().map(|n| VirtioBackend::Net {
+        tap: n.tap.clone(),
+        mac: n.mac,
+    });
+    disks.chain(nets).collect()
 }
 
 /// Opens every disk and tap, wraps each in a virtio-mmio transport with its own window, IRQ

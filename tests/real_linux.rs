@@ -325,12 +325,74 @@ fn guest_answers_ping_over_tap() {
     );
 }
 
+/// The `VOLT-SNAPWORK N` steps a guest printed, in order.
+fn snapwork_steps(case: &BootCase) -> Vec<u32> {
+    case.serial
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("VOLT-SNAPWORK "))
+        .filter_map(|n| n.trim().parse().ok())
+        .collect()
+}
+
 /// A `HOST-... <number>` line the payload added to a case (e.g. the balloon's RSS samples).
 fn host_number(case: &BootCase, prefix: &str) -> Option<u64> {
     case.stderr
         .lines()
         .find_map(|l| l.trim().strip_prefix(prefix))
         .and_then(|v| v.trim().parse().ok())
+}
+
+#[test]
+#[ignore = "boots real Linux on a real KVM (nested); run with --ignored"]
+fn a_guest_snapshotted_mid_work_resumes_in_a_new_process_with_its_disk_and_nic() {
+    if std::env::var("VOLT_E2E_VMM").is_ok_and(|vmm| vmm != "volt") {
+        eprintln!("SKIP: snapshots are Volt's (VOLT_E2E_VMM is not volt)");
+        return;
+    }
+    let Some(take) = boot("snapshot-take") else {
+        return;
+    };
+    assert!(
+        take.has_host_line("HOST-API PUT /snapshot/create 204"),
+        "snapshot-take: the snapshot was not created\n--- serial ---\n{}\n--- stderr ---\n{}",
+        take.serial,
+        take.stderr
+    );
+    let before = snapwork_steps(take);
+    let last = *before.last().expect("steps before the snapshot");
+    assert!(last < 10, "the snapshot must be taken mid-work: {before:?}");
+
+    let Some(restore) = boot("snapshot-restore") else {
+        return;
+    };
+    assert!(
+        restore.has_host_line("HOST-API PUT /snapshot/load 204"),
+        "snapshot-restore: the load failed\n--- stderr ---\n{}",
+        restore.stderr
+    );
+    let after = snapwork_steps(restore);
+    let expected: Vec<u32> = (last + 1..=10).collect();
+    assert_eq!(
+        after, expected,
+        "the restored guest must go on from step {last}\n--- serial ---\n{}",
+        restore.serial
+    );
+    assert!(
+        restore.has_host_line("HOST-PING-OK 10.0.2.15"),
+        "the restored guest must answer a ping\n--- stderr ---\n{}",
+        restore.stderr
+    );
+    assert_exited_cleanly("snapshot-restore", restore);
+
+    let Some(read) = boot("snapshot-readback") else {
+        return;
+    };
+    assert_eq!(
+        read.marker_value("VOLT-SNAPWORK-READ ").as_deref(),
+        Some("10"),
+        "the restored guest's disk writes must be on the disk\n--- serial ---\n{}",
+        read.serial
+    );
 }
 
 #[test]

@@ -17,6 +17,10 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::{rl_debug, BusDevice, DeviceCounters};
 
+// Save and restore for snapshots.
+mod state;
+pub use state::I8042Snapshot;
+
 /// Port 0x60 is offset 0 of the device window, port 0x64 (command/status) offset 4.
 pub const I8042_PORT_BASE: u16 = 0x60;
 pub const I8042_PORT_COUNT: u16 = 5;
@@ -54,6 +58,11 @@ const SELF_TEST_PASSED: u8 = 0x55;
 const INTERFACE_TEST_PASSED: u8 = 0x00;
 /// A keyboard acknowledges every command byte.
 const KBD_ACK: u8 = 0xfa;
+
+/// Ctrl, Alt, Del pressed and released, in scan code set 1 (the controller translates).
+const CTRL_ALT_DEL: [u8; 8] = [0x1d, 0x38, 0xe0, 0x53, 0xe0, 0xd3, 0xb8, 0x9d];
+/// Control register bit: raise IRQ 1 when keyboard data is waiting.
+const CTR_KBD_INT: u8 = 0x01;
 
 /// Bytes the controller holds for the guest to read from port 0x60.
 pub const OUTPUT_BUFFER_SIZE: usize = 16;
@@ -97,6 +106,10 @@ pub struct I8042 {
     pending: Option<u8>,
     output: OutputBuffer,
     counters: DeviceCounters,
+    /// IRQ 1, for key presses the VMM injects.
+    keyboard_irq: Option<EventFd>,
+    /// How many of the bytes at the end of `output` are key presses (each gets an IRQ).
+    key_bytes: usize,
 }
 
 impl I8042 {
@@ -108,6 +121,36 @@ impl I8042 {
             pending: None,
             output: OutputBuffer::default(),
             counters: DeviceCounters::default(),
+            keyboard_irq: None,
+            key_bytes: 0,
+        }
+    }
+
+    /// Key presses injected with [`I8042::send_ctrl_alt_del`] raise this interrupt (IRQ 1).
+    pub fn set_keyboard_irq(&mut self, irq: EventFd) {
+        self.keyboard_irq = Some(irq);
+    }
+
+    /// Presses and releases Ctrl-Alt-Del on the keyboard, as Firecracker's `SendCtrlAltDel`:
+    /// Linux then signals init, which reboots (or powers off) the guest. Nothing is queued
+    /// when the output buffer has no room for the whole sequence.
+    pub fn send_ctrl_alt_del(&mut self) {
+        if self.output.len + CTRL_ALT_DEL.len() > OUTPUT_BUFFER_SIZE {
+            self.counters.drops += 1;
+            return;
+        }
+        for byte in CTRL_ALT_DEL {
+            self.output.push(byte);
+        }
+        self.key_bytes += CTRL_ALT_DEL.len();
+        self.keyboard_interrupt();
+    }
+
+    fn keyboard_interrupt(&self) {
+        if let (Some(irq), true) = (&self.keyboard_irq, self.control & CTR_KBD_INT != 0) {
+            if let Err(e) = irq.write(1) {
+                rl_debug!("i8042: cannot raise the keyboard interrupt: {e}");
+            }
         }
     }
 
@@ -181,13 +224,21 @@ impl BusDevice for I8042 {
         };
         self.counters.requests += 1;
         *first = match offset {
-            DATA_OFFSET => match self.output.pop() {
-                Some(byte) => {
-                    self.counters.bytes += 1;
-                    byte
+            DATA_OFFSET => {
+                let byte = match self.output.pop() {
+                    Some(byte) => {
+                        self.counters.bytes += 1;
+                        byte
+                    }
+                    None => 0,
+                };
+                self.key_bytes = self.key_bytes.min(self.output.len);
+                if self.key_bytes > 0 {
+                    // One interrupt per key byte, as a real keyboard controller.
+                    self.keyboard_interrupt();
                 }
-                None => 0,
-            },
+                byte
+            }
             COMMAND_OFFSET => self.status(),
             _ => 0xff,
         };
@@ -226,6 +277,34 @@ mod tests {
         assert!(evt.read().is_err(), "a data-port write must not reset");
         i8042.write(COMMAND_OFFSET, &[CMD_RESET_CPU]);
         assert_eq!(evt.read().unwrap(), 1);
+    }
+
+    #[test]
+    fn ctrl_alt_del_is_queued_as_scan_codes_with_an_interrupt_per_byte() {
+        let (mut i8042, _reset) = controller();
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        i8042.set_keyboard_irq(irq.try_clone().unwrap());
+        i8042.send_ctrl_alt_del();
+        assert_eq!(irq.read().unwrap(), 1);
+        let mut bytes = Vec::new();
+        while read(&mut i8042, COMMAND_OFFSET) & STATUS_OUTPUT_FULL != 0 {
+            bytes.push(read(&mut i8042, DATA_OFFSET));
+        }
+        assert_eq!(bytes, CTRL_ALT_DEL);
+        assert_eq!(
+            irq.read().unwrap(),
+            7,
+            "one more interrupt for each byte left"
+        );
+        for _ in 0..10 {
+            i8042.send_ctrl_alt_del();
+        }
+        assert!(i8042.output_len() <= OUTPUT_BUFFER_SIZE);
+        assert_eq!(
+            i8042.output_len() % CTRL_ALT_DEL.len(),
+            0,
+            "whole sequences only"
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod counters;
 pub mod i8042;
 pub mod ratelimit;
 pub mod serial;
+pub mod state;
 pub mod virtio;
 
 pub use counters::DeviceCounters;

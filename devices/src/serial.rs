@@ -21,6 +21,10 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::{rl_warn, BusDevice, DeviceCounters};
 
+// Save and restore for snapshots.
+mod state;
+pub use state::SerialSnapshot;
+
 /// Raises a guest interrupt by writing to an eventfd that KVM routes to a GSI (an irqfd).
 pub struct IrqTrigger(pub EventFd);
 

@@ -2,6 +2,8 @@
 //! assembled with iced-x86, and a console that the test can read back.
 #![allow(dead_code)]
 
+pub mod api_client;
+pub mod guests;
 pub mod isolated;
 
 use std::io::{self, Write};

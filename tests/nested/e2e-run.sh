@@ -51,4 +51,9 @@ boot_case "rootfs-cpus2" "$VMM" 2 "$small" "$TMPD/disk.ext4" "" "volt.persist=be
 VOLT_EXTRA_ARGS= QEMU_EXTRA_ARGS= CASE_WATCH= CASE_TIMEOUT=$_timeout
 boot_case "rootfs-cpus4-net" "$VMM" 4 "$small" "$TMPD/disk.ext4" tap0 \
   "volt.persist=gamma volt.ip=10.0.2.15/24 volt.wait=8" 10.0.2.15
+# c. Snapshot mid-work, restore in a fresh process, disk writes and ping after it (Volt only).
+if [ "$VMM" = volt ]; then
+  . ./snapshot.sh
+  snapshot_cases
+fi
 echo "E2E-DONE"

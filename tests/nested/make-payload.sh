@@ -62,6 +62,9 @@ cp "$debian_cloud_dir/vmlinuz" "$out/kernels/debian-cloud-vmlinuz"
 echo "VOLT-ACPI-DISK-OK" > "$out/acpi-disk.img" && truncate -s 64K "$out/acpi-disk.img"
 cp "$rootfs" "$out/rootfs.ext4"
 cp "$here/lib.sh" "$out/lib.sh"
+cp "$here/snapshot.sh" "$out/snapshot.sh"
+# The API client the snapshot cases drive Volt with (the nested guest has no curl).
+gcc -O2 -static -o "$out/bin/apicall" "$here/apicall.c"
 cp "$run_script" "$out/run"
 [ -n "$volt" ] && add_binary "$volt" volt
 set -- "${extra[@]}"

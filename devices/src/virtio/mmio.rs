@@ -18,6 +18,10 @@ use super::{
 };
 use crate::{BusDevice, DeviceCounters};
 
+// Save and restore for snapshots.
+mod state;
+pub use state::{QueueSnapshot, TransportSnapshot};
+
 /// "virt" in little endian.
 const MMIO_MAGIC: u32 = 0x7472_6976;
 /// The modern (non-legacy) virtio-mmio layout.

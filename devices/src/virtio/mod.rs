@@ -33,7 +33,7 @@ use vm_memory::GuestMemoryMmap;
 
 pub use balloon::{Balloon, BalloonConfig, BalloonMetrics, BALLOON_STATS_TAGS};
 pub use block::{Block, BlockEngine, BlockError, URING_IN_FLIGHT};
-pub use mmio::MmioTransport;
+pub use mmio::{MmioTransport, QueueSnapshot, TransportSnapshot};
 pub use net::{Net, NetError};
 pub use rng::{Rng, RngConfig, RngMetrics, MAX_REQUEST_BYTES as RNG_MAX_REQUEST_BYTES};
 pub use tap::{Tap, TapError};
@@ -117,6 +117,11 @@ pub trait VirtioDevice: Send {
     }
     /// The driver reset the device: drop all in-flight state and negotiated features.
     fn reset(&mut self);
+    /// Finishes all work the host side has in flight (e.g. io_uring requests) so that the
+    /// queues alone describe the device, before a snapshot. True if buffers were used.
+    fn quiesce(&mut self, _ctx: &mut QueueContext) -> bool {
+        false
+    }
     /// The device's counters (requests, bytes, errors, drops), if it keeps any.
     fn counters(&self) -> Option<crate::DeviceCounters> {
         None
