@@ -6,6 +6,7 @@
 #            and/or "own" (the project's kernel + rootfs: ends with reboot -f after its init)
 #   CPUS     vCPU counts, e.g. "1 2 4";  CONSOLES "file pipe" (stdout+stderr to a file, or
 #            both into one pipe read by cat);  ROUNDS  how often the whole matrix runs
+#   SHOW_ALL non-empty: print every boot's whole output
 #   STUCK_S  a boot still running after this many seconds is a hang (default 60)
 # Per boot: `SOAK-BOOT build=B kernel=K cpus=N console=C round=R result=pass|fail|hung seconds=S`.
 # A hang first gets SIGUSR1 (Volt's own thread report), then every thread's kernel-side state
@@ -78,6 +79,7 @@ one_boot() {
     _result=fail
     echo "SOAK-FAIL status=$_status"; tail -c 800 "$TMPD/soak.out" | sed 's/^/SOAK-OUT   /'; echo
   fi
+  if [ -n "${SHOW_ALL:-}" ]; then sed 's/^/SOAK-OUT   /' "$TMPD/soak.out"; fi
   echo "SOAK-BOOT build=$_b kernel=$_k cpus=$_c console=$_con round=$_r result=$_result seconds=$(( $(date +%s) - _t0 )) warnings=$(grep -c 'XSAVE consistency' "$TMPD/soak.out")"
 }
 

@@ -43,13 +43,14 @@ done
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 "$repo/tests/nested/make-payload.sh" "$work/p" "$repo/perf/soak-run.sh" "${args[@]}" >/dev/null
+[ -n "${SHOW_ALL:-}" ] && echo "SHOW_ALL=1" > "$work/p/env.sh"
 printf 'BUILDS="%s"\nKERNELS="%s"\nCPUS="%s"\nCONSOLES="%s"\nROUNDS=%s\nSTUCK_S=%s\n' \
-  "$names" "$kernels" "$cpus" "$consoles" "$rounds" "$stuck" > "$work/p/env.sh"
+  "$names" "$kernels" "$cpus" "$consoles" "$rounds" "$stuck" >> "$work/p/env.sh"
 per_boot=$(( stuck + 15 ))
 n=$(( rounds * $(wc -w <<<"$builds") * $(wc -w <<<"$kernels") * $(wc -w <<<"$cpus") * $(wc -w <<<"$consoles") ))
 echo "soak: $n boots ($builds; $kernels; cpus $cpus; console $consoles; $rounds rounds), mode $mode" >&2
 start=$(date +%s)
-NESTED_TIMEOUT=${NESTED_TIMEOUT:-$(( n * per_boot / 2 + 300 ))} run_payload "$mode" "$work/p" > "$work/out.txt" 2>&1 || true
+NESTED_TIMEOUT=${NESTED_TIMEOUT:-$(( n * per_boot + 300 ))} run_payload "$mode" "$work/p" > "$work/out.txt" 2>&1 || true
 echo "soak: payload finished in $(( $(date +%s) - start )) s" >&2
 [ -n "$raw" ] && cp "$work/out.txt" "$raw"
 grep -E '^(SOAK-HANG|SOAK-REPORT|SOAK-TASK|SOAK-STACK|SOAK-KVM|SOAK-FAIL|SOAK-OUT|NESTED-)' "$work/out.txt" || true

@@ -1,9 +1,12 @@
 //! Command-line flags of `volt` and the parsers that turn them into a VM description.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use devices::virtio::BlockEngine;
+
+use devices::virtio::BalloonConfig;
 
 use crate::sandbox::SeccompMode;
 use crate::vm::{DiskConfig, NetConfig, MAX_VCPUS};
@@ -73,6 +76,31 @@ pub struct RunArgs {
     #[arg(long = "net", value_name = "TAP[,mac=xx:xx:xx:xx:xx:xx]", value_parser = parse_net)]
     pub nets: Vec<NetConfig>,
 
+    /// Serve a virtio-rng entropy device (the default; `--no-rng` turns it off).
+    #[arg(long, overrides_with = "no_rng")]
+    pub rng: bool,
+
+    /// No virtio-rng device.
+    #[arg(long)]
+    pub no_rng: bool,
+
+    /// Add a virtio-balloon. Options, comma-separated: `free-page-reporting` (on unless
+    /// `free-page-reporting=off`), `stats[=SECONDS]` (memory statistics, every 5 s by
+    /// default), `deflate-on-oom=off`.
+    #[arg(long, value_name = "OPTIONS", num_args = 0..=1, default_missing_value = "",
+          value_parser = parse_balloon)]
+    pub balloon: Option<BalloonConfig>,
+
+    /// How much memory the balloon asks the guest to give up (e.g. 64M); needs --balloon.
+    #[arg(long, value_name = "SIZE", requires = "balloon", value_parser = parse_balloon_target)]
+    pub balloon_target: Option<u64>,
+
+    /// A virtio-vsock device for guest CID (3 or more) whose host side is Unix sockets: host
+    /// clients connect to PATH and send `CONNECT <port>\n`; guest connections to host port P
+    /// reach the listener at PATH_P.
+    #[arg(long, value_name = "CID,PATH", value_parser = crate::vsock::parse_vsock)]
+    pub vsock: Option<crate::vsock::VsockConfig>,
+
     /// Directory of the kernel store used to resolve `--kernel NAME`.
     #[arg(long, value_name = "DIR")]
     pub store: Option<PathBuf>,
@@ -94,10 +122,32 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_landlock: bool,
 
+    /// ACPI tables (RSDP, XSDT, FADT, MADT, DSDT) beside the MP table: `on` (default) or `off`.
+    /// `off` leaves the MP table and the command-line device announcements only, e.g. to check
+    /// that a kernel still finds its CPUs through the MP table.
+    #[arg(long, default_value = "on", value_name = "on|off", value_parser = parse_on_off,
+          action = clap::ArgAction::Set)]
+    pub acpi: bool,
+
     /// Print every thread's seccomp allow-list and exit.
     #[arg(long)]
     pub print_seccomp: bool,
 
+    /// Serve the HTTP API (Firecracker's resource names) on this Unix socket, created
+    /// owner-only. Without --kernel or --config-file, Volt waits for `InstanceStart`.
+    #[arg(long, value_name = "PATH")]
+    pub api_sock: Option<PathBuf>,
+
+    /// Directory in which `PUT /snapshot/create` may write its files (the sandbox allows
+    /// creating files there and nowhere else). Without it, snapshots are refused.
+    #[arg(long, value_name = "DIR")]
+    pub snapshot_dir: Option<PathBuf>,
+
+    /// Boot the VM described by this JSON file (the bodies of the API's PUTs in one object:
+    /// boot-source, machine-config, drives, network-interfaces).
+    #[arg(long, value_name = "PATH",
+          conflicts_with_all = ["kernel", "cpus", "mem", "cmdline", "initrd", "disks", "nets"])]
+    pub config_file: Option<PathBuf>,
     /// Print a report of what every thread is doing when neither a vCPU nor the event loop made
     /// progress for SECS seconds (an idle guest also makes none). `kill -USR1 <pid>` prints the
     /// same report at any time.
@@ -117,6 +167,85 @@ impl RunArgs {
     pub fn cmdline(&self) -> &str {
         self.cmdline.as_deref().unwrap_or(DEFAULT_CMDLINE)
     }
+
+    /// The balloon as configured by `--balloon` and `--balloon-target`.
+    pub fn balloon_config(&self) -> Option<BalloonConfig> {
+        self.balloon.clone().map(|config| BalloonConfig {
+            target_bytes: self.balloon_target.unwrap_or(0),
+            ..config
+        })
+    }
+}
+
+/// Parses the `--balloon` options (see the flag's help).
+fn parse_balloon(value: &str) -> Result<BalloonConfig, String> {
+    let mut config = BalloonConfig::default();
+    for option in value.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+        let (name, setting) = match option.split_once('=') {
+            Some((name, setting)) => (name, Some(setting)),
+            None => (option, None),
+        };
+        let on_off = |setting: Option<&str>| match setting {
+            None | Some("on") => Ok(true),
+            Some("off") => Ok(false),
+            Some(other) => Err(format!("--balloon {name}={other}: use on or off")),
+        };
+        match name {
+            "free-page-reporting" => config.free_page_reporting = on_off(setting)?,
+            "deflate-on-oom" => config.deflate_on_oom = on_off(setting)?,
+            "stats" => {
+                let seconds = match setting {
+                    None => DEFAULT_BALLOON_STATS_SECONDS,
+                    Some(text) => text
+                        .parse::<u64>()
+                        .ok()
+                        .filter(|s| (1..=3600).contains(s))
+                        .ok_or_else(|| {
+                            format!("--balloon stats={text}: give an interval of 1 to 3600 seconds")
+                        })?,
+                };
+                config.stats_interval = Some(Duration::from_secs(seconds));
+            }
+            other => {
+                return Err(format!(
+                    "unknown balloon option '{other}' (free-page-reporting[=off], stats[=SECONDS], deflate-on-oom=off)"
+                ))
+            }
+        }
+    }
+    Ok(config)
+}
+
+/// Statistics interval of `--balloon stats`.
+pub const DEFAULT_BALLOON_STATS_SECONDS: u64 = 5;
+
+fn parse_balloon_target(value: &str) -> Result<u64, String> {
+    let text = value.trim();
+    if text == "0" {
+        return Ok(0);
+    }
+    // Same units as --mem, without its minimum and host-size checks (checked against --mem
+    // when the VM is built).
+    let digits_end = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits_end);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("'{value}' is not a size (try 64M)"))?;
+    let shift = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "M" | "MB" | "MIB" => 20,
+        "K" | "KB" | "KIB" => 10,
+        "G" | "GB" | "GIB" => 30,
+        _ => {
+            return Err(format!(
+                "'{value}' has an unknown unit '{unit}' (use K, M or G)"
+            ))
+        }
+    };
+    number
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("balloon target '{value}' is too large"))
 }
 
 fn parse_cpus(value: &str) -> Result<u8, String> {
@@ -188,6 +317,14 @@ fn host_memory_bytes() -> u64 {
     pages as u64 * page_size as u64
 }
 
+fn parse_on_off(value: &str) -> Result<bool, String> {
+    match value {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("'{value}' is neither 'on' nor 'off'")),
+    }
+}
+
 fn parse_disk(value: &str) -> Result<DiskConfig, String> {
     let mut parts = value.split(',');
     let path = parts
@@ -238,7 +375,7 @@ fn parse_net(value: &str) -> Result<NetConfig, String> {
     })
 }
 
-fn parse_mac(text: &str) -> Result<[u8; 6], String> {
+pub fn parse_mac(text: &str) -> Result<[u8; 6], String> {
     let bytes: Vec<u8> = text
         .split(':')
         .map(|b| {
@@ -375,6 +512,71 @@ mod tests {
             SeccompMode::Errno
         );
         assert!(parse(&["--seccomp", "maybe"]).is_err());
+    }
+
+    #[test]
+    fn config_file_replaces_the_vm_flags() {
+        let cli = parse(&["--config-file", "vm.json", "--api-sock", "/tmp/s"]).unwrap();
+        assert_eq!(cli.run.config_file, Some(PathBuf::from("vm.json")));
+        assert!(parse(&["--config-file", "vm.json", "--kernel", "k"]).is_err());
+        assert!(parse(&["--config-file", "vm.json", "--cpus", "2"]).is_err());
+    }
+
+    #[test]
+    fn rng_is_on_unless_turned_off() {
+        assert!(!parse(&[]).unwrap().run.no_rng);
+        assert!(parse(&["--no-rng"]).unwrap().run.no_rng);
+        assert!(!parse(&["--no-rng", "--rng"]).unwrap().run.no_rng);
+    }
+
+    #[test]
+    fn balloon_options_and_target() {
+        assert_eq!(parse(&[]).unwrap().run.balloon_config(), None);
+        let plain = parse(&["--balloon"]).unwrap().run.balloon_config().unwrap();
+        assert!(plain.free_page_reporting, "reporting is on by default");
+        assert!(plain.deflate_on_oom);
+        assert_eq!(plain.stats_interval, None);
+        assert_eq!(plain.target_bytes, 0);
+
+        let cli = parse(&[
+            "--balloon",
+            "free-page-reporting,stats",
+            "--balloon-target",
+            "64M",
+        ])
+        .unwrap();
+        let config = cli.run.balloon_config().unwrap();
+        assert!(config.free_page_reporting);
+        assert_eq!(config.stats_interval, Some(Duration::from_secs(5)));
+        assert_eq!(config.target_bytes, 64 << 20);
+
+        let config = parse(&["--balloon=stats=2,free-page-reporting=off,deflate-on-oom=off"])
+            .unwrap()
+            .run
+            .balloon_config()
+            .unwrap();
+        assert!(!config.free_page_reporting && !config.deflate_on_oom);
+        assert_eq!(config.stats_interval, Some(Duration::from_secs(2)));
+
+        for bad in ["hint", "stats=0", "stats=x", "free-page-reporting=maybe"] {
+            let err = parse(&["--balloon", bad]).unwrap_err().to_string();
+            assert!(err.contains("--balloon"), "{bad}: {err}");
+        }
+        let err = parse(&["--balloon-target", "64M"]).unwrap_err().to_string();
+        assert!(err.contains("--balloon"), "{err}");
+        assert!(parse(&["--balloon", "--balloon-target", "lots"]).is_err());
+    }
+
+    #[test]
+    fn acpi_is_on_unless_turned_off() {
+        assert!(parse(&[]).unwrap().run.acpi);
+        assert!(parse(&["--acpi", "on"]).unwrap().run.acpi);
+        assert!(!parse(&["--acpi", "off"]).unwrap().run.acpi);
+        for bad in ["yes", "", "OFF", "0"] {
+            let err = parse(&["--acpi", bad]).unwrap_err().to_string();
+            assert!(err.contains("--acpi"), "{bad}: {err}");
+        }
+        assert!(parse(&["--acpi"]).is_err(), "the value is required");
     }
 
     #[test]

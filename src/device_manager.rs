@@ -3,6 +3,7 @@
 
 use std::os::fd::{AsRawFd, RawFd};
 
+use devices::acpi_sleep::{AcpiSleep, SLEEP_PORT_BASE, SLEEP_PORT_COUNT};
 use devices::i8042::{I8042, I8042_PORT_BASE, I8042_PORT_COUNT};
 use devices::serial::SerialConsole;
 use devices::virtio::MmioTransport;
@@ -10,6 +11,8 @@ use devices::BusDevice;
 use mio::Interest;
 
 use crate::boot::layout::{VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE};
+use crate::boot::VirtioMmioDevice;
+use crate::fast_path::LineStatusMirror;
 use crate::vcpu::AddressSpace;
 
 /// COM1.
@@ -35,11 +38,30 @@ pub fn virtio_cmdline_entry(base: u64, irq: u32) -> String {
     format!("virtio_mmio.device=4K@{base:#x}:{irq}")
 }
 
+/// Whether port `addr` belongs to COM1.
+pub fn is_serial_port(addr: u64) -> bool {
+    (u64::from(SERIAL_PORT_BASE)..u64::from(SERIAL_PORT_BASE + SERIAL_PORT_COUNT)).contains(&addr)
+}
+
+/// COM1's line status register.
+pub const SERIAL_LSR_PORT: u64 = SERIAL_PORT_BASE as u64 + devices::serial::LINE_STATUS_REGISTER;
+
 /// A virtio device in its MMIO window.
 pub struct VirtioSlot {
     pub base: u64,
     pub irq: u32,
     pub transport: MmioTransport,
+}
+
+impl VirtioSlot {
+    /// The slot as the ACPI DSDT describes it.
+    pub fn acpi_device(&self) -> VirtioMmioDevice {
+        VirtioMmioDevice {
+            base: self.base,
+            size: VIRTIO_MMIO_SIZE,
+            irq: self.irq,
+        }
+    }
 }
 
 /// A file descriptor the loop watches for a device, and what to do when it is ready.
@@ -55,11 +77,17 @@ pub struct Devices {
     pub serial: SerialConsole,
     pub i8042: I8042,
     pub virtio: Vec<VirtioSlot>,
+    /// The ACPI sleep registers (the FADT points at them); None with `--acpi off`.
+    pub acpi_sleep: Option<AcpiSleep>,
     events: Vec<DeviceEvent>,
+    /// The UART's line status, published for the vCPU threads after every UART access.
+    line_status: LineStatusMirror,
 }
 
 impl Devices {
-    pub fn new(serial: SerialConsole, i8042: I8042, virtio: Vec<VirtioSlot>) -> Self {
+    pub fn new(mut serial: SerialConsole, i8042: I8042, virtio: Vec<VirtioSlot>) -> Self {
+        let line_status = LineStatusMirror::default();
+        line_status.publish(serial.stable_line_status());
         let mut events = Vec::new();
         for (slot, device) in virtio.iter().enumerate() {
             let queues = device.transport.queue_events().len();
@@ -71,8 +99,28 @@ impl Devices {
             serial,
             i8042,
             virtio,
+            acpi_sleep: None,
             events,
+            line_status,
         }
+    }
+
+    /// True once the guest wrote S5 to the ACPI sleep control register (`poweroff`).
+    pub fn take_power_off(&mut self) -> bool {
+        self.acpi_sleep
+            .as_mut()
+            .is_some_and(AcpiSleep::take_power_off)
+    }
+
+    /// The vCPU threads' view of the UART line status (see [`crate::fast_path`]).
+    pub fn line_status_mirror(&self) -> LineStatusMirror {
+        self.line_status.clone()
+    }
+
+    /// Host console input for the guest.
+    pub fn queue_console_input(&mut self, bytes: &[u8]) {
+        self.serial.queue_input(bytes);
+        self.line_status.publish(self.serial.stable_line_status());
     }
 
     /// The fds the loop must watch for the devices; the position of each is the `index`
@@ -119,6 +167,10 @@ impl Devices {
             AddressSpace::Pio if within(I8042_PORT_BASE, I8042_PORT_COUNT) => {
                 Some((&mut self.i8042, addr - u64::from(I8042_PORT_BASE)))
             }
+            AddressSpace::Pio if within(SLEEP_PORT_BASE, SLEEP_PORT_COUNT) => {
+                let device = self.acpi_sleep.as_mut()?;
+                Some((device, addr - u64::from(SLEEP_PORT_BASE)))
+            }
             AddressSpace::Pio => None,
             AddressSpace::Mmio => {
                 let index = addr.checked_sub(VIRTIO_MMIO_BASE)? / VIRTIO_MMIO_SIZE;
@@ -131,23 +183,33 @@ impl Devices {
 
     /// Returns false when no device claims the address (the read then yields zeros).
     pub fn read(&mut self, space: AddressSpace, addr: u64, data: &mut [u8]) -> bool {
-        match self.device_at(space, addr) {
+        let claimed = match self.device_at(space, addr) {
             Some((device, offset)) => {
                 device.read(offset, data);
                 true
             }
             None => false,
-        }
+        };
+        self.after_access(space, addr);
+        claimed
     }
 
     /// Returns false when no device claims the address (the write is dropped).
     pub fn write(&mut self, space: AddressSpace, addr: u64, data: &[u8]) -> bool {
-        match self.device_at(space, addr) {
+        let claimed = match self.device_at(space, addr) {
             Some((device, offset)) => {
                 device.write(offset, data);
                 true
             }
             None => false,
+        };
+        self.after_access(space, addr);
+        claimed
+    }
+
+    fn after_access(&mut self, space: AddressSpace, addr: u64) {
+        if space == AddressSpace::Pio && is_serial_port(addr) {
+            self.line_status.publish(self.serial.stable_line_status());
         }
     }
 }

@@ -10,7 +10,7 @@
 
 use std::fmt::Write as _;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
@@ -107,6 +107,8 @@ pub struct VcpuState {
     access: AtomicU64,
     /// Exits handed to the loop so far.
     exits: AtomicU64,
+    /// Exits answered on the vCPU thread (see [`crate::fast_path`]).
+    local: AtomicU64,
 }
 
 impl VcpuState {
@@ -117,6 +119,11 @@ impl VcpuState {
 
     pub fn set(&self, phase: VcpuPhase) {
         self.phase.store(phase as u8, Ordering::Relaxed);
+    }
+
+    /// The thread answered an exit itself.
+    pub fn answered_locally(&self) {
+        self.local.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The thread hands `access` to the loop.
@@ -130,6 +137,9 @@ impl VcpuState {
 /// The event loop's published state.
 #[derive(Debug, Default)]
 pub struct LoopState {
+    /// Set while the loop is in (or about to enter) `epoll_wait`: only then must a vCPU that
+    /// queued a message wake it (see [`LoopState::going_to_sleep`]).
+    idle: AtomicBool,
     tid: AtomicU32,
     phase: AtomicU8,
     detail: AtomicU64,
@@ -150,7 +160,29 @@ impl LoopState {
     }
 
     pub fn woke(&self) {
+        self.idle.store(false, Ordering::Relaxed);
         self.wakeups.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The loop is about to sleep. Returns true if it must not: `has_work` (checked after the
+    /// flag is visible) found a queued message. Pairs with [`LoopState::must_wake`]: of a vCPU
+    /// that queues a message and then checks the flag, and the loop that sets the flag and then
+    /// checks the queue, at least one sees the other (both sides fence with SeqCst), so a
+    /// message never waits for a wake-up nobody sends.
+    pub fn going_to_sleep(&self, has_work: impl FnOnce() -> bool) -> bool {
+        self.idle.store(true, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        if has_work() {
+            self.idle.store(false, Ordering::Relaxed);
+            return true;
+        }
+        false
+    }
+
+    /// Called by a vCPU after it queued a message: whether the loop may be asleep.
+    pub fn must_wake(&self) -> bool {
+        fence(Ordering::SeqCst);
+        self.idle.load(Ordering::Relaxed)
     }
 
     pub fn served_message(&self) {
@@ -173,6 +205,14 @@ impl ThreadStates {
         }
     }
 
+    /// Exits the vCPU threads answered themselves, all together.
+    pub fn answered_locally(&self) -> u64 {
+        self.vcpus
+            .iter()
+            .map(|v| v.local.load(Ordering::Relaxed))
+            .sum()
+    }
+
     /// A number that grows whenever any thread makes progress.
     pub fn progress(&self) -> u64 {
         let exits: u64 = self
@@ -181,6 +221,7 @@ impl ThreadStates {
             .map(|v| v.exits.load(Ordering::Relaxed))
             .sum();
         exits
+            .wrapping_add(self.answered_locally())
             .wrapping_add(self.event_loop.wakeups.load(Ordering::Relaxed))
             .wrapping_add(self.event_loop.messages.load(Ordering::Relaxed))
     }
@@ -204,8 +245,9 @@ impl ThreadStates {
             };
             let _ = writeln!(
                 out,
-                "  vcpu{index} (tid {}): {phase}; {exits} exits so far, last a {access}",
-                vcpu.tid.load(Ordering::Relaxed)
+                "  vcpu{index} (tid {}): {phase}; {exits} exits handed to the loop (last a {access}), {} answered itself",
+                vcpu.tid.load(Ordering::Relaxed),
+                vcpu.local.load(Ordering::Relaxed)
             );
         }
         let l = &self.event_loop;
@@ -231,8 +273,8 @@ impl ThreadStates {
 }
 
 fn gettid() -> u32 {
-    // The raw system call, not glibc's gettid(): in a static (crt-static) release build the
-    // wrapper's symbol came out null and the first thread to report itself died of SIGSEGV.
+    // The raw system call: in a static glibc build the `gettid` wrapper can resolve to a null
+    // weak symbol (a call through it crashed the static release build).
     // SAFETY: gettid has no arguments and cannot fail.
     let tid = unsafe { libc::syscall(libc::SYS_gettid) };
     u32::try_from(tid).unwrap_or(0)

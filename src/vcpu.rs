@@ -18,6 +18,9 @@ use mio::Waker;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::clock;
+use crate::device_manager::{is_serial_port, SERIAL_LSR_PORT, SERIAL_PORT_BASE};
+use crate::fast_path::LineStatusMirror;
+use crate::pause::{Unparked, VcpuPause};
 use crate::sandbox::{apply_seccomp, SeccompMode, ThreadKind};
 use crate::thread_report::{Access, ThreadStates, VcpuPhase, VcpuState};
 
@@ -92,6 +95,10 @@ pub enum VcpuMessage {
         vcpu: usize,
         reason: VcpuStop,
     },
+    /// The vCPU left the guest for a pause and waits for a command (see [`crate::pause`]).
+    Paused {
+        vcpu: usize,
+    },
 }
 
 /// The loop's end of the vCPU channels, plus the wake-up that makes its `poll` return.
@@ -99,12 +106,23 @@ pub enum VcpuMessage {
 pub struct LoopLink {
     pub sender: Sender<VcpuMessage>,
     pub waker: Arc<Waker>,
+    /// UART line status reads are answered from here when the loop published a value.
+    pub line_status: LineStatusMirror,
+    /// Where the loop asks this vCPU to pause (`None`: the VM is never paused).
+    pub pause: Option<VcpuPause>,
+    /// The loop's published state: whether it sleeps and must be woken.
+    pub states: Arc<ThreadStates>,
 }
 
 impl LoopLink {
     fn send(&self, message: VcpuMessage) -> bool {
         if self.sender.send(message).is_err() {
             return false; // the loop is gone: the VM is being torn down
+        }
+        // A loop that is awake takes the message before it sleeps: no wake-up (a syscall, and
+        // on another CPU an interrupt) per console byte while output flows.
+        if !self.states.event_loop.must_wake() {
+            return true;
         }
         if let Err(e) = self.waker.wake() {
             log::error!("cannot wake the event loop: {e}");
@@ -135,6 +153,11 @@ pub struct VcpuHandle {
 }
 
 impl VcpuHandle {
+    /// The thread, for kicking it out of `KVM_RUN` (pause).
+    pub fn pthread(&self) -> libc::pthread_t {
+        std::os::unix::thread::JoinHandleExt::as_pthread_t(&self.thread)
+    }
+
     /// Interrupts `KVM_RUN` until the thread has seen `stop` and ended. A single signal can
     /// arrive just before the thread enters `KVM_RUN` and be lost, hence the repetition.
     pub fn stop_and_join(self) {
@@ -240,6 +263,7 @@ fn run_vcpu(
             None => false,
         }
     };
+    let mut pio_buf = [0u8; PIO_DATA_MAX];
     if index == 0 {
         log::info!(
             "vcpu0 entered guest after {} us",
@@ -250,19 +274,62 @@ fn run_vcpu(
         if stop.load(Ordering::Acquire) {
             return VcpuStop::Requested;
         }
+        if let Some(pause) = &link.pause {
+            let send = |message| link.send(message);
+            if let Unparked::Stop = pause.park_if_requested(index, &mut vcpu, send, stop) {
+                return VcpuStop::Requested;
+            }
+        }
         state.set(VcpuPhase::InGuest);
         let delivered = match vcpu.run() {
+            // A string instruction (`rep outsb`, `rep insw`, ...) exits once with up to a page of
+            // data: `count` accesses of `size` bytes, each of which the device must see.
+            Ok(VcpuExit::IoIn(port, data))
+                if u64::from(port) == SERIAL_LSR_PORT && data.len() == 1 =>
+            {
+                match link.line_status.get() {
+                    Some(lsr) => {
+                        data[0] = lsr;
+                        state.answered_locally();
+                        true
+                    }
+                    None => read(AddressSpace::Pio, port.into(), data),
+                }
+            }
+            // A string instruction (`rep outsb`, `rep insw`, ...) exits once with up to a page of
+            // data: `count` accesses of `size` bytes, each of which the device must see.
             Ok(VcpuExit::IoOut(port, data)) => {
-                state.sending(access(AddressSpace::Pio, port.into(), true, data.len()));
-                link.send(VcpuMessage::Write {
-                    vcpu: index,
-                    space: AddressSpace::Pio,
-                    addr: port.into(),
-                    data: IoData::from_slice(data),
-                    done: None,
+                let len = data.len().min(pio_buf.len());
+                pio_buf[..len].copy_from_slice(&data[..len]);
+                let size = pio_access_size(&mut vcpu);
+                // UART mode changes take effect before the guest goes on: the loop republishes
+                // the line status the fast path answers from (see crate::fast_path).
+                let wait = is_serial_port(port.into()) && port != SERIAL_PORT_BASE;
+                pio_buf[..len].chunks(size).all(|chunk| {
+                    if wait {
+                        return write_and_wait(AddressSpace::Pio, port.into(), chunk);
+                    }
+                    state.sending(access(AddressSpace::Pio, port.into(), true, chunk.len()));
+                    link.send(VcpuMessage::Write {
+                        vcpu: index,
+                        space: AddressSpace::Pio,
+                        addr: port.into(),
+                        data: IoData::from_slice(chunk),
+                        done: None,
+                    })
                 })
             }
-            Ok(VcpuExit::IoIn(port, data)) => read(AddressSpace::Pio, port.into(), data),
+            Ok(VcpuExit::IoIn(port, data)) => {
+                let len = data.len().min(pio_buf.len());
+                let size = pio_access_size(&mut vcpu);
+                let delivered = pio_buf[..len]
+                    .chunks_mut(size)
+                    .all(|chunk| read(AddressSpace::Pio, port.into(), chunk));
+                if delivered {
+                    pio_in_data(&mut vcpu).copy_from_slice(&pio_buf[..len]);
+                }
+                delivered
+            }
             Ok(VcpuExit::MmioWrite(addr, data)) => write_and_wait(AddressSpace::Mmio, addr, data),
             Ok(VcpuExit::MmioRead(addr, data)) => read(AddressSpace::Mmio, addr, data),
             Ok(VcpuExit::Shutdown) => return VcpuStop::Shutdown,
@@ -296,6 +363,31 @@ fn run_vcpu(
             return VcpuStop::Requested;
         }
     }
+}
+
+/// The most data one port-I/O exit carries: KVM's I/O data page.
+const PIO_DATA_MAX: usize = 4096;
+
+/// Bytes per access (1, 2 or 4) of the port-I/O exit the vCPU is in.
+fn pio_access_size(vcpu: &mut VcpuFd) -> usize {
+    let run = vcpu.get_kvm_run();
+    // SAFETY: the last exit was KVM_EXIT_IO, so `io` is the active member of the union.
+    let size = usize::from(unsafe { run.__bindgen_anon_1.io.size });
+    size.clamp(1, 8)
+}
+
+/// The data area of the port-input exit the vCPU is in, where the guest's bytes go.
+fn pio_in_data(vcpu: &mut VcpuFd) -> &mut [u8] {
+    let run = vcpu.get_kvm_run();
+    // SAFETY: the last exit was KVM_EXIT_IO, so `io` is the active member of the union.
+    let io = unsafe { run.__bindgen_anon_1.io };
+    let len = (usize::from(io.size) * io.count as usize).min(PIO_DATA_MAX);
+    let offset = usize::try_from(io.data_offset).unwrap_or(usize::MAX);
+    let base = (run as *mut kvm_bindings::kvm_run).cast::<u8>();
+    // SAFETY: KVM maps the run structure and its I/O data page together (the mapping is
+    // KVM_GET_VCPU_MMAP_SIZE bytes, at least two pages) and puts `size * count` bytes of data at
+    // `data_offset` within it, which is what kvm-ioctls' own IoIn slice covers as well.
+    unsafe { std::slice::from_raw_parts_mut(base.add(offset), len) }
 }
 
 fn access(space: AddressSpace, addr: u64, write: bool, len: usize) -> Access {

@@ -20,19 +20,28 @@ use vm_memory::{
 };
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use devices::acpi_sleep::AcpiSleep;
 use devices::i8042::I8042;
 use devices::serial::SerialConsole;
 use devices::virtio::{Block, BlockEngine, MmioTransport, Net, VirtioDevice};
 
+use crate::api::ApiServer;
 use crate::boot::{self, BootError};
 use crate::device_manager::{
     virtio_cmdline_entry, virtio_slot, Devices, VirtioSlot, SERIAL_IRQ, VIRTIO_IRQS,
     VIRTIO_MMIO_QUEUE_NOTIFY,
 };
 use crate::event_loop::{EventLoop, LoopStats, VmExit};
+use crate::launch::VmInfo;
+use crate::optional_devices;
+use crate::pause::pause_channels;
 use crate::sandbox::{apply_seccomp, SeccompMode, ThreadKind};
+use crate::snapshot::{self, MachineLayout, Restore, SnapshotError, VirtioBackend};
 use crate::thread_report::{wait_reporting, ReportSignal, ThreadStates};
 use crate::vcpu::{spawn_vcpu, LoopLink, VcpuHandle, VcpuMessage};
+
+/// The i8042's keyboard interrupt (Ctrl-Alt-Del from the API).
+const KEYBOARD_IRQ: u32 = 1;
 
 /// The most vCPUs the MP table can describe (I/O APIC id = vCPU count must stay below 255).
 pub const MAX_VCPUS: u8 = boot::MAX_CPUS;
@@ -48,6 +57,8 @@ pub enum BootSource {
     /// Bare machine code copied to `load_addr`; every vCPU starts there in 64-bit mode with
     /// its index in RDI. Used by the tests to run tiny guests through the real VMM.
     Raw { code: Vec<u8>, load_addr: u64 },
+    /// A snapshot: its memory file is the guest memory and its state is written back.
+    Snapshot(Box<Restore>),
 }
 
 /// A host file served to the guest as a virtio-block disk.
@@ -73,11 +84,21 @@ pub struct VmConfig {
     /// The first disk is /dev/vda.
     pub disks: Vec<DiskConfig>,
     pub nets: Vec<NetConfig>,
+    pub vsock: Option<crate::vsock::VsockConfig>,
+    /// A virtio-rng entropy device.
+    pub rng: bool,
+    /// A virtio-balloon, if any.
+    pub balloon: Option<devices::virtio::BalloonConfig>,
     /// Where the guest's serial console goes.
     pub console_out: Box<dyn Write + Send>,
     /// Host input for the guest's serial console (stdin), if any.
     pub console_in: Option<RawFd>,
+    /// The fd behind `console_out` when it may be non-blocking (stdout): the loop then waits
+    /// for it to become writable instead of ever blocking on it.
+    pub console_out_fd: Option<RawFd>,
     pub seccomp: SeccompMode,
+    /// ACPI tables beside the MP table (`--acpi on|off`).
+    pub acpi: bool,
     /// Print a thread report when no thread made progress for this long (`--watchdog`).
     pub watchdog: Option<std::time::Duration>,
 }
@@ -124,8 +145,14 @@ pub enum VmError {
         tap: String,
         source: devices::virtio::NetError,
     },
-    #[error("too many virtio devices: at most {} disks and network cards together", VIRTIO_IRQS.len())]
+    #[error(transparent)]
+    Vsock(#[from] devices::virtio::VsockError),
+    #[error(transparent)]
+    OptionalDevice(#[from] crate::optional_devices::OptionalDeviceError),
+    #[error("too many virtio devices: at most {} disks, network cards, rng, balloon and vsock together (--no-rng frees one)", VIRTIO_IRQS.len())]
     TooManyDevices,
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
     #[error("the event loop failed: {0}")]
     EventLoop(io::Error),
     #[error("the event loop thread panicked")]
@@ -152,30 +179,57 @@ pub fn open_kvm() -> Result<Kvm, VmError> {
 /// A VM whose memory, boot state and devices are ready, with no thread started yet.
 pub struct Vm {
     _kvm: Kvm,
-    _vm_fd: VmFd,
+    _vm_fd: Arc<VmFd>,
     guest_memory: GuestMemoryMmap,
     vcpus: Vec<VcpuFd>,
     poll: Poll,
     devices: Devices,
     reset_evt: EventFd,
     console_in: Option<RawFd>,
+    console_out_fd: Option<RawFd>,
     seccomp: SeccompMode,
+    /// The API socket the event loop serves, if any.
+    api: Option<(ApiServer, VmInfo)>,
     watchdog: Option<std::time::Duration>,
+    /// Recorded in snapshots.
+    layout: MachineLayout,
+    /// A restored VM whose guest waits for `PATCH /vm {"state":"Resumed"}`.
+    start_paused: bool,
+    /// CPUs this process may run on, read before the sandbox closes /proc and /sys.
+    host_cpus: usize,
+}
+
+/// How long the event loop spins for the next vCPU exit when it has a CPU of its own:
+/// 50 us, or `VOLT_LOOP_SPIN_US` (0 turns it off; a knob for the benchmarks in perf/).
+fn loop_linger() -> Option<std::time::Duration> {
+    let us = std::env::var("VOLT_LOOP_SPIN_US")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(50);
+    (us > 0).then(|| std::time::Duration::from_micros(us))
 }
 
 impl Vm {
+    /// Has the event loop serve `api` once the VM starts.
+    pub fn attach_api(&mut self, api: ApiServer, info: VmInfo) {
+        self.api = Some((api, info));
+    }
+
     pub fn build(config: VmConfig) -> Result<Vm, VmError> {
         if config.vcpus == 0 || config.vcpus > MAX_VCPUS {
             return Err(VmError::BadVcpuCount(config.vcpus));
         }
         let kvm = open_kvm()?;
         let vm_fd = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
-        let mem = boot::layout::create_guest_memory(config.mem_bytes)?;
+        let mem = match &config.boot {
+            BootSource::Snapshot(restore) => restore.memory.clone(),
+            _ => boot::layout::create_guest_memory(config.mem_bytes)?,
+        };
         map_guest_memory(&vm_fd, &mem)?;
         create_interrupt_controllers(&vm_fd)?;
 
         // Devices first: a missing disk or tap is reported before any kernel work.
-        let virtio = create_virtio_devices(&vm_fd, &mem, &config.disks, &config.nets)?;
+        let virtio = create_virtio_devices(&vm_fd, &mem, &config)?;
         let entry = match &config.boot {
             BootSource::Linux {
                 kernel,
@@ -208,11 +262,22 @@ impl Vm {
                     })?;
                 None
             }
+            BootSource::Snapshot(_) => None,
         };
+        // A restored guest's tables are in its memory already.
+        if config.acpi && !matches!(config.boot, BootSource::Snapshot(_)) {
+            // Every virtio-mmio slot, whatever its device, appears in the DSDT.
+            let windows: Vec<_> = virtio.iter().map(VirtioSlot::acpi_device).collect();
+            boot::write_acpi_tables(&mem, config.vcpus, &windows)?;
+        }
 
         let supported_cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+        // The MSRs a snapshot saves (the vCPU threads cannot ask /dev/kvm later).
+        if let Ok(list) = kvm.get_msr_index_list() {
+            crate::snapshot::vcpu_state::set_msr_indices(list.as_slice().to_vec());
+        }
         let mut vcpus = Vec::with_capacity(config.vcpus.into());
         for index in 0..config.vcpus {
             let vcpu = vm_fd
@@ -225,30 +290,55 @@ impl Vm {
             }
             vcpus.push(vcpu);
         }
+        if let BootSource::Snapshot(restore) = &config.boot {
+            snapshot::restore_machine(&vm_fd, &vcpus, &restore.snapshot)?;
+        }
 
         let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(io_err("eventfd"))?;
         vm_fd
             .register_irqfd(&serial_irq, SERIAL_IRQ)
             .map_err(kvm_err("KVM_IRQFD (serial)"))?;
         let reset_evt = EventFd::new(EFD_NONBLOCK).map_err(io_err("eventfd"))?;
-        let i8042 = I8042::new(reset_evt.try_clone().map_err(io_err("eventfd"))?);
-        let devices = Devices::new(
-            SerialConsole::new(serial_irq, config.console_out),
-            i8042,
-            virtio,
-        );
+        let mut i8042 = I8042::new(reset_evt.try_clone().map_err(io_err("eventfd"))?);
+        let keyboard_irq = EventFd::new(EFD_NONBLOCK).map_err(io_err("eventfd"))?;
+        vm_fd
+            .register_irqfd(&keyboard_irq, KEYBOARD_IRQ)
+            .map_err(kvm_err("KVM_IRQFD (keyboard)"))?;
+        i8042.set_keyboard_irq(keyboard_irq);
+        let mut serial = SerialConsole::new(serial_irq, config.console_out);
+        let mut virtio = virtio;
+        if let BootSource::Snapshot(restore) = &config.boot {
+            snapshot::restore_devices(&mut serial, &mut i8042, &mut virtio, &restore.snapshot)?;
+        }
+        let layout = MachineLayout {
+            vcpus: config.vcpus,
+            mem_bytes: config.mem_bytes,
+            backends: virtio_backends(&config.disks, &config.nets),
+            rng: config.rng,
+            balloon: config.balloon.as_ref().map(Into::into),
+            acpi: config.acpi,
+            vsock: config.vsock.is_some(),
+        };
+        let start_paused = matches!(&config.boot, BootSource::Snapshot(r) if !r.resume);
+        let mut devices = Devices::new(serial, i8042, virtio);
+        devices.acpi_sleep = config.acpi.then(AcpiSleep::new);
 
         Ok(Vm {
             _kvm: kvm,
-            _vm_fd: vm_fd,
+            _vm_fd: Arc::new(vm_fd),
             guest_memory: mem,
             vcpus,
             poll: Poll::new().map_err(io_err("epoll"))?,
             devices,
             reset_evt,
             console_in: config.console_in,
+            console_out_fd: config.console_out_fd,
             seccomp: config.seccomp,
+            api: None,
             watchdog: config.watchdog,
+            layout,
+            start_paused,
+            host_cpus: thread::available_parallelism().map_or(1, |n| n.get()),
         })
     }
 
@@ -274,15 +364,21 @@ impl Vm {
             devices,
             reset_evt,
             console_in,
+            console_out_fd,
             seccomp,
+            api,
             watchdog,
+            layout,
+            start_paused,
+            host_cpus,
         } = self;
         // Bounded, so a guest that floods the loop with writes is slowed down, not buffered.
         let (sender, receiver) = bounded(1024);
         let waker = Arc::new(Waker::new(poll.registry(), Token(0)).map_err(io_err("waker"))?);
         let vcpu_count = vcpus.len();
         let states = Arc::new(ThreadStates::new(vcpu_count));
-        let event_loop = EventLoop::new(
+        let line_status = devices.line_status_mirror();
+        let mut event_loop = EventLoop::new(
             poll,
             waker.clone(),
             receiver,
@@ -292,6 +388,23 @@ impl Vm {
             states.clone(),
         )
         .map_err(VmError::EventLoop)?;
+        let (pause_ends, pause_control, vcpu_threads) = pause_channels(vcpu_count);
+        event_loop.attach_vm_control(pause_control, _vm_fd.clone(), guest_memory.clone(), layout);
+        if start_paused {
+            event_loop.start_paused();
+        }
+        if let Some((api, info)) = api {
+            event_loop
+                .attach_api(api, info)
+                .map_err(VmError::EventLoop)?;
+        }
+        if let Some(fd) = console_out_fd {
+            event_loop.watch_console_output(fd);
+        }
+        // The loop may spin briefly for the next exit only if it never competes with a vCPU.
+        if vcpu_count < host_cpus {
+            event_loop.set_linger(loop_linger());
+        }
         // Written when the loop thread ends, however it ends: the main thread waits on it.
         let loop_done = EventFd::new(EFD_NONBLOCK).map_err(io_err("eventfd"))?;
         let loop_done_writer = loop_done.try_clone().map_err(io_err("eventfd"))?;
@@ -310,10 +423,13 @@ impl Vm {
 
         let stop = Arc::new(AtomicBool::new(false));
         let mut handles = Vec::with_capacity(vcpu_count);
-        for (index, vcpu) in vcpus.into_iter().enumerate() {
+        for ((index, vcpu), pause) in vcpus.into_iter().enumerate().zip(pause_ends) {
             let link = LoopLink {
                 sender: sender.clone(),
                 waker: waker.clone(),
+                line_status: line_status.clone(),
+                pause: Some(pause),
+                states: states.clone(),
             };
             match spawn_vcpu(index, vcpu, link, stop.clone(), seccomp, states.clone()) {
                 Ok(handle) => handles.push(handle),
@@ -327,6 +443,7 @@ impl Vm {
                 }
             }
         }
+        vcpu_threads.publish(handles.iter().map(VcpuHandle::pthread));
         Ok(RunningVm {
             loop_thread,
             loop_done,
@@ -381,7 +498,7 @@ pub struct RunningVm {
     stop: Arc<AtomicBool>,
     // Dropped last: the vCPU threads must be gone before the guest memory is unmapped and
     // the VM and KVM fds close.
-    _vm_fd: VmFd,
+    _vm_fd: Arc<VmFd>,
     _kvm: Kvm,
     _guest_memory: GuestMemoryMmap,
 }
@@ -402,7 +519,10 @@ impl RunningVm {
         self.stop.store(true, Ordering::Release);
         self.vcpus.into_iter().for_each(VcpuHandle::stop_and_join);
         match result {
-            Ok(Ok(outcome)) => Ok(outcome),
+            Ok(Ok((exit, mut stats))) => {
+                stats.pio_answered_on_vcpu = self.states.answered_locally();
+                Ok((exit, stats))
+            }
             Ok(Err(e)) => Err(VmError::EventLoop(e)),
             Err(_) => Err(VmError::EventLoopPanicked),
         }
@@ -425,16 +545,28 @@ pub fn full_cmdline(base: &str, disks: &[DiskConfig], virtio: &[VirtioSlot]) -> 
     cmdline
 }
 
+/// The host side of each virtio slot, in the order [`create_virtio_devices`] fills them.
+fn virtio_backends(disks: &[DiskConfig], nets: &[NetConfig]) -> Vec<VirtioBackend> {
+    let disks = disks.iter().map(|d| VirtioBackend::Block {
+        path: d.path.clone(),
+        read_only: d.read_only,
+    });
+    let nets = nets.iter().map(|n| VirtioBackend::Net {
+        tap: n.tap.clone(),
+        mac: n.mac,
+    });
+    disks.chain(nets).collect()
+}
+
 /// Opens every disk and tap, wraps each in a virtio-mmio transport with its own window, IRQ
 /// (an irqfd) and one ioeventfd per queue, so a guest kick never exits to user space.
 fn create_virtio_devices(
     vm_fd: &VmFd,
     mem: &GuestMemoryMmap,
-    disks: &[DiskConfig],
-    nets: &[NetConfig],
+    config: &VmConfig,
 ) -> Result<Vec<VirtioSlot>, VmError> {
     let mut models: Vec<Box<dyn VirtioDevice>> = Vec::new();
-    for disk in disks {
+    for disk in &config.disks {
         // The io_uring ring is set up here, before the sandbox applies.
         let block =
             Block::with_engine(&disk.path, disk.read_only, disk.engine).map_err(|source| {
@@ -446,12 +578,22 @@ fn create_virtio_devices(
         log::info!("disk {}: {} engine", disk.path.display(), block.engine());
         models.push(Box::new(block));
     }
-    for net in nets {
+    for net in &config.nets {
         let card = Net::new(&net.tap, net.mac).map_err(|source| VmError::Net {
             tap: net.tap.clone(),
             source,
         })?;
         models.push(Box::new(card));
+    }
+    // After disks and nets, so the first disk stays /dev/vda at the first window.
+    let balloon = config.balloon.as_ref();
+    models.extend(optional_devices::create(
+        config.rng,
+        balloon,
+        config.mem_bytes,
+    )?);
+    if let Some(vsock) = &config.vsock {
+        models.push(Box::new(vsock.build()?));
     }
     let mut slots = Vec::with_capacity(models.len());
     for (index, model) in models.into_iter().enumerate() {
@@ -462,10 +604,10 @@ fn create_virtio_devices(
             .map_err(kvm_err("KVM_IRQFD (virtio)"))?;
         let transport =
             MmioTransport::new(model, mem.clone(), irq_evt).map_err(io_err("virtio transport"))?;
-        for (queue, evt) in transport.queue_events().iter().enumerate() {
+        for (queue, evt) in (0u32..).zip(transport.queue_events()) {
             let notify = IoEventAddress::Mmio(base + VIRTIO_MMIO_QUEUE_NOTIFY);
             vm_fd
-                .register_ioevent(evt, &notify, queue as u32)
+                .register_ioevent(evt, &notify, queue)
                 .map_err(kvm_err("KVM_IOEVENTFD"))?;
         }
         slots.push(VirtioSlot {
@@ -496,7 +638,7 @@ fn open(path: &PathBuf, what: &'static str) -> Result<File, VmError> {
 }
 
 fn map_guest_memory(vm_fd: &VmFd, mem: &GuestMemoryMmap) -> Result<(), VmError> {
-    for (slot, region) in mem.iter().enumerate() {
+    for (slot, region) in (0u32..).zip(mem.iter()) {
         let host = mem
             .get_host_address(region.start_addr())
             .map_err(|e| VmError::Io {
@@ -504,7 +646,7 @@ fn map_guest_memory(vm_fd: &VmFd, mem: &GuestMemoryMmap) -> Result<(), VmError> 
                 source: io::Error::other(e),
             })?;
         let region = kvm_userspace_memory_region {
-            slot: slot as u32,
+            slot,
             guest_phys_addr: region.start_addr().raw_value(),
             memory_size: region.len(),
             userspace_addr: host as u64,

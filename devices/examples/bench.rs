@@ -8,6 +8,8 @@
 //! device's syscalls (preadv/pwritev or io_uring_enter on a
 //! page-cached temp file; read/write on a tap), the used ring and the irq EventFd. It does
 //! not include VM exits or a guest kernel.
+// Test code: small test values and guest addresses cast on purpose (issue 12 lints).
+#![allow(clippy::cast_possible_truncation)]
 
 #[path = "../tests/common/mod.rs"]
 mod common;

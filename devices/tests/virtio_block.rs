@@ -1,6 +1,8 @@
 //! virtio-block through the virtio-mmio transport, driven like a guest driver would, no KVM.
 //! Every device test runs once per engine (synchronous and io_uring); io_uring-only tests and
 //! the fallback test follow.
+// Test code: small test values and guest addresses cast on purpose (issue 12 lints).
+#![allow(clippy::cast_possible_truncation)]
 
 mod common;
 

@@ -2,6 +2,8 @@
 //! assembled with iced-x86, and a console that the test can read back.
 #![allow(dead_code)]
 
+pub mod api_client;
+pub mod guests;
 pub mod isolated;
 
 use std::io::{self, Write};
@@ -78,21 +80,37 @@ pub fn run_raw_guest_with_disks(
     seccomp: SeccompMode,
     disks: Vec<volt::vm::DiskConfig>,
 ) -> RawRun {
+    run_raw_guest_configured(code, vcpus, seccomp, |config| config.disks = disks)
+}
+
+/// Like [`run_raw_guest`], after `configure` changed the VM's configuration (devices).
+pub fn run_raw_guest_configured(
+    code: Vec<u8>,
+    vcpus: u8,
+    seccomp: SeccompMode,
+    configure: impl FnOnce(&mut VmConfig),
+) -> RawRun {
     let console = CapturedConsole::default();
-    let config = VmConfig {
+    let mut config = VmConfig {
         vcpus,
         mem_bytes: 64 << 20,
         boot: BootSource::Raw {
             code,
             load_addr: GUEST_LOAD_ADDR,
         },
-        disks,
+        disks: Vec::new(),
         nets: Vec::new(),
+        vsock: None,
+        rng: false,
+        balloon: None,
         console_out: Box::new(console.clone()),
         console_in: None,
+        console_out_fd: None,
         seccomp,
         watchdog: None,
+        acpi: true,
     };
+    configure(&mut config);
     let (exit, stats) = Vm::run(config).expect("the VM runs");
     RawRun {
         exit,
@@ -116,8 +134,8 @@ pub fn tiny_elf_kernel(dir: &Path, code: &[u8]) -> PathBuf {
     elf[20..24].copy_from_slice(&1u32.to_le_bytes());
     elf[24..32].copy_from_slice(&GUEST_LOAD_ADDR.to_le_bytes()); // entry
     elf[32..40].copy_from_slice(&(EHDR as u64).to_le_bytes()); // phoff
-    elf[52..54].copy_from_slice(&(EHDR as u16).to_le_bytes());
-    elf[54..56].copy_from_slice(&(PHDR as u16).to_le_bytes());
+    elf[52..54].copy_from_slice(&u16::try_from(EHDR).unwrap().to_le_bytes());
+    elf[54..56].copy_from_slice(&u16::try_from(PHDR).unwrap().to_le_bytes());
     elf[56..58].copy_from_slice(&1u16.to_le_bytes()); // one program header
     let ph = &mut elf[EHDR..];
     ph[0..4].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD

@@ -34,6 +34,9 @@ vmm_command() {
       [ -n "$_disk" ] && VMM_ARGS="$VMM_ARGS --disk $_disk${VOLT_DISK_OPTS:-}"
       [ -n "${EXTRA_DISK:-}" ] && VMM_ARGS="$VMM_ARGS --disk $EXTRA_DISK${VOLT_DISK_OPTS:-}"
       [ -n "$_net" ] && VMM_ARGS="$VMM_ARGS --net $_net"
+      VMM_ARGS="$VMM_ARGS ${VOLT_EXTRA_ARGS:-}"
+      # CASE_VOLT_ARGS: more volt flags for one case (e.g. --initrd F, --acpi off).
+      [ -n "${CASE_VOLT_ARGS:-}" ] && VMM_ARGS="$VMM_ARGS $CASE_VOLT_ARGS"
       VMM_CMDLINE="$BASE_CMDLINE reboot=k $_append" ;;
     qemu)
       # microvm has no i8042 for reboot=k: a triple fault (reboot=t) + -no-reboot ends QEMU.
@@ -42,15 +45,17 @@ vmm_command() {
       VMM_ARGS="$VMM_ARGS -kernel $_kernel"
       [ -n "$_disk" ] && VMM_ARGS="$VMM_ARGS -drive id=d0,file=$_disk,format=raw,if=none -device virtio-blk-device,drive=d0"
       [ -n "$_net" ] && VMM_ARGS="$VMM_ARGS -netdev tap,id=n0,ifname=$_net,script=no,downscript=no -device virtio-net-device,netdev=n0"
+      VMM_ARGS="$VMM_ARGS ${QEMU_EXTRA_ARGS:-}"
       VMM_CMDLINE="$BASE_CMDLINE reboot=t $_append"
       [ -n "$_disk" ] && VMM_CMDLINE="$VMM_CMDLINE root=/dev/vda rw" ;;
     firecracker)
       # Everything goes in one JSON file (--no-api --config-file); Firecracker adds root= and
       # the virtio-mmio entries to the command line itself, and exits on the i8042 reset.
       # FC_APPEND (default acpi=off): Firecracker also describes its devices in ACPI tables,
-      # which Volt does not write; with them the project's ACPI=y kernel found no /dev/vda
-      # under Firecracker 1.17 in the nested bed. acpi=off gives the guest the same path as
-      # under Volt (MP table, virtio-mmio from the command line).
+      # and with them the project's ACPI=y kernel found no /dev/vda under Firecracker 1.17 in
+      # the nested bed (ACPI: Unable to load the System Description Tables; virtio_blk probe
+      # -22). acpi=off puts the guest on the MP-table path, with virtio-mmio devices from the
+      # command line (Volt's own path before it wrote ACPI tables; Volt's --acpi off now).
       VMM_CMDLINE="$BASE_CMDLINE reboot=k ${FC_APPEND-acpi=off} $_append"
       _engine=${FC_IO_ENGINE:+,\"io_engine\":\"$FC_IO_ENGINE\"}
       _drives=
@@ -106,6 +111,7 @@ boot_case() {
     done
     echo "$_ping_result $_ping" >> "$TMPD/case.host"
   fi
+  [ -n "${CASE_WATCH:-}" ] && $CASE_WATCH $_pid # e.g. balloon_rss_watch, below
   wait $_pid
   _status=$?
   cat "$TMPD/case.out"
@@ -114,4 +120,58 @@ boot_case() {
   cat "$TMPD/case.err"
   cat "$TMPD/case.host"
   echo "VOLT-CASE-END $_name status=$_status seconds=$(( $(date +%s) - _t0 ))"
+}
+
+# --- virtio-rng / virtio-balloon (issue 10) ---
+# Extra VMM flags for a case that runs volt.run=balloon (set them, boot_case, then clear them).
+BALLOON_VOLT_ARGS="--balloon"
+BALLOON_QEMU_ARGS="-device virtio-balloon-device,free-page-reporting=on"
+
+# vmm_pid: pid of the running VMM (volt, qemu or firecracker; the payload runs one at a time).
+vmm_pid() {
+  for _f in /proc/[0-9]*/cmdline; do
+    set -- $(tr '\0' ' ' < "$_f" 2>/dev/null)
+    case "$1" in
+      */ld-linux-x86-64.so.2) _exe=$4 ;; # a wrapped dynamic binary: ld.so --library-path DIR EXE
+      *) _exe=$1 ;;
+    esac
+    case "$_exe" in
+      volt|*/volt|*/volt.real|qemu-system-x86_64|*/qemu-system-x86_64.real|firecracker|*/firecracker|*/firecracker.real)
+        _d=${_f%/cmdline}; echo "${_d#/proc/}"; return 0 ;;
+    esac
+  done
+  return 1
+}
+
+# rss_kb PID: resident memory in KiB, from smaps_rollup (else status VmRSS).
+rss_kb() {
+  awk '/^Rss:/ { print $2; exit }' "/proc/$1/smaps_rollup" 2>/dev/null | grep . ||
+    awk '/^VmRSS:/ { print $2; exit }' "/proc/$1/status" 2>/dev/null
+}
+
+# balloon_rss_watch PID (a boot_case CASE_WATCH): while the case runs, samples the VMM's RSS every
+# 0.5 s against the guest's VOLT-BALLOON-* markers in $TMPD/case.out and adds to the case's host
+# lines: HOST-RSS-START-KB (at START), HOST-RSS-FILLED-KB (most while 128 MiB was in use) and
+# HOST-RSS-FREED-KB (least after the guest freed it, until DONE).
+balloon_rss_watch() {
+  _wpid=$1 _vp= _start= _filled= _freed=
+  while kill -0 "$_wpid" 2>/dev/null; do
+    { [ -n "$_vp" ] && [ -d "/proc/$_vp" ]; } || _vp=$(vmm_pid)
+    _rss=
+    [ -n "$_vp" ] && _rss=$(rss_kb "$_vp")
+    if [ -n "$_rss" ]; then
+      if grep -q VOLT-BALLOON-FREED "$TMPD/case.out"; then
+        { [ -z "$_freed" ] || [ "$_rss" -lt "$_freed" ]; } && _freed=$_rss
+      elif grep -q VOLT-BALLOON-FILLED "$TMPD/case.out"; then
+        { [ -z "$_filled" ] || [ "$_rss" -gt "$_filled" ]; } && _filled=$_rss
+      elif grep -q VOLT-BALLOON-START "$TMPD/case.out"; then
+        [ -z "$_start" ] && _start=$_rss
+      fi
+    fi
+    grep -q -E 'VOLT-BALLOON-(DONE|FAILED)' "$TMPD/case.out" && break
+    sleep 0.5
+  done
+  echo "HOST-RSS-START-KB ${_start:-none}" >> "$TMPD/case.host"
+  echo "HOST-RSS-FILLED-KB ${_filled:-none}" >> "$TMPD/case.host"
+  echo "HOST-RSS-FREED-KB ${_freed:-none}" >> "$TMPD/case.host"
 }

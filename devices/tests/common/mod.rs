@@ -1,7 +1,9 @@
 //! Driver-side test helpers: a guest virtio driver that programs `MmioTransport` through its
 //! registers and builds split virtqueues in guest memory, plus host-side tap helpers.
 //! Shared by the integration tests and the bench example.
-#![allow(dead_code)]
+// A test driver: it splits addresses into 32-bit register halves and builds small test values
+// on purpose, so truncating casts are intended here.
+#![allow(dead_code, clippy::cast_possible_truncation)]
 
 use std::fs::OpenOptions;
 use std::io;
@@ -227,7 +229,11 @@ pub fn guest_memory() -> GuestMemoryMmap {
 
 impl Driver {
     pub fn new(device: Box<dyn VirtioDevice>) -> Driver {
-        let mem = guest_memory();
+        Driver::with_memory(device, guest_memory())
+    }
+
+    /// A driver over caller-made guest memory (e.g. several regions).
+    pub fn with_memory(device: Box<dyn VirtioDevice>, mem: GuestMemoryMmap) -> Driver {
         let irq = EventFd::new(EFD_NONBLOCK).unwrap();
         let transport = MmioTransport::new(device, mem.clone(), irq.try_clone().unwrap()).unwrap();
         Driver {

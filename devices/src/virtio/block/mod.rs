@@ -542,6 +542,22 @@ impl VirtioDevice for Block {
         used_any
     }
 
+    fn quiesce(&mut self, ctx: &mut QueueContext) -> bool {
+        let Engine::Uring { ring, .. } = &mut self.engine else {
+            return false;
+        };
+        let Some(queue) = ctx.queues.get_mut(0) else {
+            return false;
+        };
+        let (mem, guest_errors) = (ctx.mem, &mut self.guest_errors);
+        let mut used_any = false;
+        ring.complete_all(|done| {
+            Block::complete(guest_errors, queue, mem, &done.request, done.result);
+            used_any = true;
+        });
+        used_any
+    }
+
     fn reset(&mut self) {
         // No request may write into guest memory after the driver reset the device.
         if let Engine::Uring { ring, throttled } = &mut self.engine {

@@ -161,6 +161,25 @@ impl UringEngine {
         }
     }
 
+    /// Waits until every request in flight has completed, handing each to `done` (a snapshot:
+    /// the guest must see them finished). Gives up, as [`UringEngine::drain`], on a broken ring.
+    pub fn complete_all(&mut self, mut done: impl FnMut(Completed)) {
+        while self.in_flight() > 0 {
+            let waited = self.ring.submit_and_wait(1);
+            self.unsubmitted = !self.ring.submission().is_empty();
+            let before = self.in_flight();
+            self.reap(&mut done);
+            if let Err(e) = waited {
+                if e.kind() != io::ErrorKind::Interrupted && self.in_flight() == before {
+                    log::error!(
+                        "virtio-block: io_uring wait failed with {before} requests in flight: {e}"
+                    );
+                    return;
+                }
+            }
+        }
+    }
+
     /// Waits for every request in flight and drops them (device reset or teardown: their
     /// guest buffers must not be written after this returns).
     pub fn drain(&mut self) {

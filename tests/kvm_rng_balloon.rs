@@ -1,0 +1,183 @@
+//! virtio-rng and virtio-balloon inside the real VMM: a tiny guest (assembled here) drives both
+//! devices through their MMIO registers and ioeventfds while the event loop runs under its
+//! seccomp filter in kill mode, so getrandom, madvise and the timers must be on the list.
+#![allow(clippy::cast_possible_truncation)] // test arithmetic on small, known values
+
+mod common;
+
+use common::*;
+use devices::virtio::BalloonConfig;
+use iced_x86::code_asm::*;
+use volt::sandbox::SeccompMode;
+
+/// With no disk or net: the rng takes the first window, the balloon the second.
+const RNG_BASE: u64 = 0xd000_0000;
+const BALLOON_BASE: u64 = 0xd000_1000;
+const HIGH_PD: u64 = 0x4000;
+/// The boot page tables' PDPT (see boot::layout); entry 3 maps 3-4 GiB.
+const PDPT: u64 = 0xa000;
+
+const RNG_QUEUE: u64 = 0x80_0000;
+const RNG_BUF: u64 = 0x80_3000;
+/// Balloon queue i: descriptors at +0, avail at +0x1000, used at +0x2000.
+const BALLOON_QUEUES: u64 = 0x90_0000;
+/// The range the guest fills and then reports free.
+const REPORTED: u64 = 0x100_0000;
+const REPORTED_LEN: u32 = 0x20_0000;
+
+fn balloon_queue(index: u64) -> u64 {
+    BALLOON_QUEUES + index * 0x4000
+}
+
+/// Writes `byte` to the serial port.
+fn putc(a: &mut CodeAssembler, byte: u8) -> Result<(), IcedError> {
+    a.mov(dx, 0x3f8u32)?;
+    a.mov(al, u32::from(byte))?;
+    a.out(dx, al)
+}
+
+/// Device init through the registers at rbx: VERSION_1 plus `features_low`, then `queues`
+/// queues of 8 entries at `queue_addr(i)`, then DRIVER_OK.
+fn init_device(
+    a: &mut CodeAssembler,
+    features_low: u32,
+    queues: u64,
+    queue_addr: impl Fn(u64) -> u64,
+) -> Result<(), IcedError> {
+    a.mov(dword_ptr(rbx + 0x70), 1u32)?;
+    a.mov(dword_ptr(rbx + 0x70), 3u32)?;
+    a.mov(dword_ptr(rbx + 0x24), 1u32)?;
+    a.mov(dword_ptr(rbx + 0x20), 1u32)?; // VIRTIO_F_VERSION_1 (bit 32)
+    a.mov(dword_ptr(rbx + 0x24), 0u32)?;
+    a.mov(dword_ptr(rbx + 0x20), features_low)?;
+    a.mov(dword_ptr(rbx + 0x70), 0xbu32)?;
+    for index in 0..queues {
+        let base = queue_addr(index);
+        a.mov(dword_ptr(rbx + 0x30), index as u32)?;
+        a.mov(dword_ptr(rbx + 0x38), 8u32)?;
+        a.mov(dword_ptr(rbx + 0x80), base as u32)?;
+        a.mov(dword_ptr(rbx + 0x84), 0u32)?;
+        a.mov(dword_ptr(rbx + 0x90), (base + 0x1000) as u32)?;
+        a.mov(dword_ptr(rbx + 0x94), 0u32)?;
+        a.mov(dword_ptr(rbx + 0xa0), (base + 0x2000) as u32)?;
+        a.mov(dword_ptr(rbx + 0xa4), 0u32)?;
+        a.mov(dword_ptr(rbx + 0x44), 1u32)?;
+    }
+    a.mov(dword_ptr(rbx + 0x70), 0xfu32)
+}
+
+/// Publishes descriptor 0 (`addr`, `len`, device-writable) as the first request of the queue
+/// at `queue`, kicks queue `index` and spins until the used index moves (or gives up, printing
+/// 'T' and resetting the machine).
+fn submit_and_wait(
+    a: &mut CodeAssembler,
+    queue: u64,
+    index: u32,
+    addr: u64,
+    len: u32,
+) -> Result<(), IcedError> {
+    a.mov(rdi, queue)?;
+    a.mov(rax, addr)?;
+    a.mov(qword_ptr(rdi), rax)?;
+    a.mov(dword_ptr(rdi + 8), len)?;
+    a.mov(word_ptr(rdi + 12), 2u32)?; // VRING_DESC_F_WRITE
+    a.mov(word_ptr(rdi + 14), 0u32)?;
+    a.mov(word_ptr(rdi + 0x1004), 0u32)?; // avail ring[0] = descriptor 0
+    a.mov(word_ptr(rdi + 0x1002), 1u32)?; // avail idx = 1
+    a.mov(dword_ptr(rbx + 0x50), index)?;
+    let mut wait = a.create_label();
+    let mut done = a.create_label();
+    a.mov(ecx, 200_000_000u32)?;
+    a.set_label(&mut wait)?;
+    a.cmp(word_ptr(rdi + 0x2002), 0u32)?;
+    a.jne(done)?;
+    a.pause()?;
+    a.dec(ecx)?;
+    a.jnz(wait)?;
+    putc(a, b'T')?;
+    a.mov(al, 0xfeu32)?;
+    a.out(0x64u32, al)?;
+    a.hlt()?;
+    a.set_label(&mut done)
+}
+
+fn guest() -> Vec<u8> {
+    assemble(|a| {
+        // Map 3-4 GiB (the virtio windows) with uncached 2 MiB pages.
+        let mut fill = a.create_label();
+        a.mov(rdi, HIGH_PD)?;
+        a.mov(rax, 0xc000_0000u64 | 0x9b)?;
+        a.mov(ecx, 512u32)?;
+        a.set_label(&mut fill)?;
+        a.mov(qword_ptr(rdi), rax)?;
+        a.add(rax, 0x20_0000)?;
+        a.add(rdi, 8)?;
+        a.dec(ecx)?;
+        a.jnz(fill)?;
+        a.mov(rax, HIGH_PD | 3)?;
+        a.mov(rdi, PDPT + 3 * 8)?;
+        a.mov(qword_ptr(rdi), rax)?;
+        a.mov(rax, cr3)?;
+        a.mov(cr3, rax)?;
+
+        // virtio-rng: one 64-byte request. Prints 'R', the used length + '0' ('p' for 64) and
+        // 'N' if the first 8 bytes are not all zero.
+        a.mov(rbx, RNG_BASE)?;
+        init_device(a, 0, 1, |_| RNG_QUEUE)?;
+        submit_and_wait(a, RNG_QUEUE, 0, RNG_BUF, 64)?;
+        putc(a, b'R')?;
+        a.mov(rdi, RNG_QUEUE)?;
+        a.mov(eax, dword_ptr(rdi + 0x2008))?; // used ring[0].len
+        a.add(eax, u32::from(b'0'))?;
+        a.mov(dx, 0x3f8u32)?;
+        a.out(dx, al)?;
+        let mut zero = a.create_label();
+        a.mov(rdi, RNG_BUF)?;
+        a.mov(rax, qword_ptr(rdi))?;
+        a.test(rax, rax)?;
+        a.jz(zero)?;
+        putc(a, b'N')?;
+        a.set_label(&mut zero)?;
+
+        // virtio-balloon with free page reporting: inflateq, deflateq, reporting_vq. Fill 2 MiB
+        // with 0xa5, report it free, and print 'B' then 'Z' if it reads back as zeroes.
+        a.mov(rbx, BALLOON_BASE)?;
+        init_device(a, 1 << 5, 3, balloon_queue)?;
+        a.mov(rdi, REPORTED)?;
+        a.mov(rcx, u64::from(REPORTED_LEN) / 8)?;
+        a.mov(rax, 0xa5a5_a5a5_a5a5_a5a5u64)?;
+        a.rep().stosq()?;
+        submit_and_wait(a, balloon_queue(2), 2, REPORTED, REPORTED_LEN)?;
+        putc(a, b'B')?;
+        let mut kept = a.create_label();
+        a.mov(rdi, REPORTED + u64::from(REPORTED_LEN) / 2)?;
+        a.mov(rax, qword_ptr(rdi))?;
+        a.test(rax, rax)?;
+        a.jnz(kept)?;
+        putc(a, b'Z')?;
+        a.set_label(&mut kept)?;
+
+        a.mov(al, 0xfeu32)?;
+        a.out(0x64u32, al)?;
+        a.hlt()
+    })
+}
+
+#[test]
+fn rng_and_balloon_work_under_the_event_loops_seccomp_filter() {
+    if !kvm_available("rng_and_balloon_work_under_the_event_loops_seccomp_filter") {
+        return;
+    }
+    let run = run_raw_guest_configured(guest(), 1, SeccompMode::Kill, |config| {
+        config.rng = true;
+        config.balloon = Some(BalloonConfig {
+            stats_interval: Some(std::time::Duration::from_secs(1)),
+            ..BalloonConfig::default()
+        });
+    });
+    // 'p' = '0' + 64: the rng filled all 64 bytes; 'Z': the reported range was dropped on the
+    // host and reads back as zeroes.
+    assert_eq!(run.console, "RpNBZ", "{:?} {:?}", run.exit, run.stats);
+    assert_eq!(run.stats.queue_kicks, 2, "{:?}", run.stats);
+    assert!(run.stats.unhandled.is_empty(), "{:?}", run.stats.unhandled);
+}
