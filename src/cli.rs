@@ -220,19 +220,24 @@ fn parse_balloon(value: &str) -> Result<BalloonConfig, String> {
 pub const DEFAULT_BALLOON_STATS_SECONDS: u64 = 5;
 
 fn parse_balloon_target(value: &str) -> Result<u64, String> {
-    let text = value.trim();
-    if text == "0" {
+    if value.trim() == "0" {
         return Ok(0);
     }
     // Same units as --mem, without its minimum and host-size checks (checked against --mem
     // when the VM is built).
+    parse_size(value, "a size (try 64M)", "balloon target")
+}
+
+/// `NUMBER[K|M|G]` (plain numbers are MiB) in bytes; `what` and `name` go into the errors.
+fn parse_size(value: &str, what: &str, name: &str) -> Result<u64, String> {
+    let text = value.trim();
     let digits_end = text
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(digits_end);
     let number: u64 = number
         .parse()
-        .map_err(|_| format!("'{value}' is not a size (try 64M)"))?;
+        .map_err(|_| format!("'{value}' is not {what}"))?;
     let shift = match unit.trim().to_ascii_uppercase().as_str() {
         "" | "M" | "MB" | "MIB" => 20,
         "K" | "KB" | "KIB" => 10,
@@ -245,7 +250,7 @@ fn parse_balloon_target(value: &str) -> Result<u64, String> {
     };
     number
         .checked_mul(1 << shift)
-        .ok_or_else(|| format!("balloon target '{value}' is too large"))
+        .ok_or_else(|| format!("{name} '{value}' is too large"))
 }
 
 fn parse_cpus(value: &str) -> Result<u8, String> {
@@ -263,27 +268,7 @@ fn parse_cpus(value: &str) -> Result<u8, String> {
 
 /// Parses `256M`, `1G`, `512MiB`, `65536K` or a plain number of MiB into bytes.
 pub fn parse_mem_size(value: &str) -> Result<u64, String> {
-    let text = value.trim();
-    let digits_end = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(digits_end);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("'{value}' is not a memory size (try 256M or 1G)"))?;
-    let shift = match unit.trim().to_ascii_uppercase().as_str() {
-        "" | "M" | "MB" | "MIB" => 20,
-        "K" | "KB" | "KIB" => 10,
-        "G" | "GB" | "GIB" => 30,
-        _ => {
-            return Err(format!(
-                "'{value}' has an unknown unit '{unit}' (use K, M or G)"
-            ))
-        }
-    };
-    let bytes = number
-        .checked_mul(1 << shift)
-        .ok_or_else(|| format!("memory size '{value}' is too large"))?;
+    let bytes = parse_size(value, "a memory size (try 256M or 1G)", "memory size")?;
     if bytes < MIN_MEM_BYTES {
         return Err(format!(
             "memory size '{value}' is below the minimum of {} MiB",

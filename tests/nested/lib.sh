@@ -52,9 +52,10 @@ vmm_command() {
       # Everything goes in one JSON file (--no-api --config-file); Firecracker adds root= and
       # the virtio-mmio entries to the command line itself, and exits on the i8042 reset.
       # FC_APPEND (default acpi=off): Firecracker also describes its devices in ACPI tables,
-      # which Volt does not write; with them the project's ACPI=y kernel found no /dev/vda
-      # under Firecracker 1.17 in the nested bed. acpi=off gives the guest the same path as
-      # under Volt (MP table, virtio-mmio from the command line).
+      # and with them the project's ACPI=y kernel found no /dev/vda under Firecracker 1.17 in
+      # the nested bed (ACPI: Unable to load the System Description Tables; virtio_blk probe
+      # -22). acpi=off puts the guest on the MP-table path, with virtio-mmio devices from the
+      # command line (Volt's own path before it wrote ACPI tables; Volt's --acpi off now).
       VMM_CMDLINE="$BASE_CMDLINE reboot=k ${FC_APPEND-acpi=off} $_append"
       _engine=${FC_IO_ENGINE:+,\"io_engine\":\"$FC_IO_ENGINE\"}
       _drives=
