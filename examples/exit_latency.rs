@@ -63,12 +63,15 @@ fn run(port: u16, write: bool, count: u64) -> f64 {
         },
         disks: Vec::new(),
         nets: Vec::new(),
+        vsock: None,
         rng: false,
         balloon: None,
         console_out: Box::new(Sink),
         console_in: None,
+        console_out_fd: None,
         seccomp: SeccompMode::Kill,
         watchdog: None,
+        acpi: true,
     };
     let start = Instant::now();
     Vm::run(config).expect("the VM runs");

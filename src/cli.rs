@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use devices::virtio::BlockEngine;
 
 use devices::virtio::BalloonConfig;
 
@@ -66,8 +67,9 @@ pub struct RunArgs {
     pub initrd: Option<PathBuf>,
 
     /// A disk image served as virtio-block (repeatable; the first is /dev/vda). `,ro` makes it
-    /// read-only.
-    #[arg(long = "disk", value_name = "PATH[,ro]", value_parser = parse_disk)]
+    /// read-only; `,engine=sync|uring` picks the I/O engine (default: io_uring where the
+    /// kernel offers it, else sync with a log line).
+    #[arg(long = "disk", value_name = "PATH[,ro][,engine=sync|uring]", value_parser = parse_disk)]
     pub disks: Vec<DiskConfig>,
 
     /// An existing host tap device served as virtio-net (repeatable), optionally with a MAC.
@@ -93,6 +95,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "SIZE", requires = "balloon", value_parser = parse_balloon_target)]
     pub balloon_target: Option<u64>,
 
+    /// A virtio-vsock device for guest CID (3 or more) whose host side is Unix sockets: host
+    /// clients connect to PATH and send `CONNECT <port>\n`; guest connections to host port P
+    /// reach the listener at PATH_P.
+    #[arg(long, value_name = "CID,PATH", value_parser = crate::vsock::parse_vsock)]
+    pub vsock: Option<crate::vsock::VsockConfig>,
+
     /// Directory of the kernel store used to resolve `--kernel NAME`.
     #[arg(long, value_name = "DIR")]
     pub store: Option<PathBuf>,
@@ -114,10 +122,32 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_landlock: bool,
 
+    /// ACPI tables (RSDP, XSDT, FADT, MADT, DSDT) beside the MP table: `on` (default) or `off`.
+    /// `off` leaves the MP table and the command-line device announcements only, e.g. to check
+    /// that a kernel still finds its CPUs through the MP table.
+    #[arg(long, default_value = "on", value_name = "on|off", value_parser = parse_on_off,
+          action = clap::ArgAction::Set)]
+    pub acpi: bool,
+
     /// Print every thread's seccomp allow-list and exit.
     #[arg(long)]
     pub print_seccomp: bool,
 
+    /// Serve the HTTP API (Firecracker's resource names) on this Unix socket, created
+    /// owner-only. Without --kernel or --config-file, Volt waits for `InstanceStart`.
+    #[arg(long, value_name = "PATH")]
+    pub api_sock: Option<PathBuf>,
+
+    /// Directory in which `PUT /snapshot/create` may write its files (the sandbox allows
+    /// creating files there and nowhere else). Without it, snapshots are refused.
+    #[arg(long, value_name = "DIR")]
+    pub snapshot_dir: Option<PathBuf>,
+
+    /// Boot the VM described by this JSON file (the bodies of the API's PUTs in one object:
+    /// boot-source, machine-config, drives, network-interfaces).
+    #[arg(long, value_name = "PATH",
+          conflicts_with_all = ["kernel", "cpus", "mem", "cmdline", "initrd", "disks", "nets"])]
+    pub config_file: Option<PathBuf>,
     /// Print a report of what every thread is doing when neither a vCPU nor the event loop made
     /// progress for SECS seconds (an idle guest also makes none). `kill -USR1 <pid>` prints the
     /// same report at any time.
@@ -287,6 +317,14 @@ fn host_memory_bytes() -> u64 {
     pages as u64 * page_size as u64
 }
 
+fn parse_on_off(value: &str) -> Result<bool, String> {
+    match value {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("'{value}' is neither 'on' nor 'off'")),
+    }
+}
+
 fn parse_disk(value: &str) -> Result<DiskConfig, String> {
     let mut parts = value.split(',');
     let path = parts
@@ -294,16 +332,23 @@ fn parse_disk(value: &str) -> Result<DiskConfig, String> {
         .filter(|p| !p.is_empty())
         .ok_or("--disk needs a path")?;
     let mut read_only = false;
+    let mut engine = BlockEngine::Auto;
     for option in parts {
         match option {
             "ro" => read_only = true,
             "rw" => read_only = false,
-            other => return Err(format!("unknown disk option '{other}' (only 'ro' or 'rw')")),
+            _ if option.starts_with("engine=") => engine = option["engine=".len()..].parse()?,
+            other => {
+                return Err(format!(
+                    "unknown disk option '{other}' (ro, rw or engine=sync|uring)"
+                ))
+            }
         }
     }
     Ok(DiskConfig {
         path: PathBuf::from(path),
         read_only,
+        engine,
     })
 }
 
@@ -330,7 +375,7 @@ fn parse_net(value: &str) -> Result<NetConfig, String> {
     })
 }
 
-fn parse_mac(text: &str) -> Result<[u8; 6], String> {
+pub fn parse_mac(text: &str) -> Result<[u8; 6], String> {
     let bytes: Vec<u8> = text
         .split(':')
         .map(|b| {
@@ -405,6 +450,10 @@ mod tests {
             "a.img",
             "--disk",
             "b.img,ro",
+            "--disk",
+            "c.img,engine=sync,ro",
+            "--disk",
+            "d.img,engine=uring",
             "--net",
             "tap0,mac=52:54:00:12:34:56",
         ])
@@ -414,11 +463,23 @@ mod tests {
             vec![
                 DiskConfig {
                     path: "a.img".into(),
-                    read_only: false
+                    read_only: false,
+                    engine: BlockEngine::Auto
                 },
                 DiskConfig {
                     path: "b.img".into(),
-                    read_only: true
+                    read_only: true,
+                    engine: BlockEngine::Auto
+                },
+                DiskConfig {
+                    path: "c.img".into(),
+                    read_only: true,
+                    engine: BlockEngine::Sync
+                },
+                DiskConfig {
+                    path: "d.img".into(),
+                    read_only: false,
+                    engine: BlockEngine::Uring
                 }
             ]
         );
@@ -430,6 +491,10 @@ mod tests {
             }]
         );
         assert!(parse(&["--disk", "a.img,rx"]).is_err());
+        let err = parse(&["--disk", "a.img,engine=aio"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown block engine 'aio'"), "{err}");
         assert!(parse(&["--disk", ""]).is_err());
         assert!(parse(&["--net", "tap0,mac=01:00:00:00:00:01"]).is_err());
         assert!(parse(&["--net", "tap0,mac=zz"]).is_err());
@@ -447,6 +512,14 @@ mod tests {
             SeccompMode::Errno
         );
         assert!(parse(&["--seccomp", "maybe"]).is_err());
+    }
+
+    #[test]
+    fn config_file_replaces_the_vm_flags() {
+        let cli = parse(&["--config-file", "vm.json", "--api-sock", "/tmp/s"]).unwrap();
+        assert_eq!(cli.run.config_file, Some(PathBuf::from("vm.json")));
+        assert!(parse(&["--config-file", "vm.json", "--kernel", "k"]).is_err());
+        assert!(parse(&["--config-file", "vm.json", "--cpus", "2"]).is_err());
     }
 
     #[test]
@@ -492,6 +565,18 @@ mod tests {
         let err = parse(&["--balloon-target", "64M"]).unwrap_err().to_string();
         assert!(err.contains("--balloon"), "{err}");
         assert!(parse(&["--balloon", "--balloon-target", "lots"]).is_err());
+    }
+
+    #[test]
+    fn acpi_is_on_unless_turned_off() {
+        assert!(parse(&[]).unwrap().run.acpi);
+        assert!(parse(&["--acpi", "on"]).unwrap().run.acpi);
+        assert!(!parse(&["--acpi", "off"]).unwrap().run.acpi);
+        for bad in ["yes", "", "OFF", "0"] {
+            let err = parse(&["--acpi", bad]).unwrap_err().to_string();
+            assert!(err.contains("--acpi"), "{bad}: {err}");
+        }
+        assert!(parse(&["--acpi"]).is_err(), "the value is required");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use std::os::fd::{AsRawFd, RawFd};
 
+use devices::acpi_sleep::{AcpiSleep, SLEEP_PORT_BASE, SLEEP_PORT_COUNT};
 use devices::i8042::{I8042, I8042_PORT_BASE, I8042_PORT_COUNT};
 use devices::serial::SerialConsole;
 use devices::virtio::MmioTransport;
@@ -10,6 +11,7 @@ use devices::BusDevice;
 use mio::Interest;
 
 use crate::boot::layout::{VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE};
+use crate::boot::VirtioMmioDevice;
 use crate::fast_path::LineStatusMirror;
 use crate::vcpu::AddressSpace;
 
@@ -51,6 +53,17 @@ pub struct VirtioSlot {
     pub transport: MmioTransport,
 }
 
+impl VirtioSlot {
+    /// The slot as the ACPI DSDT describes it.
+    pub fn acpi_device(&self) -> VirtioMmioDevice {
+        VirtioMmioDevice {
+            base: self.base,
+            size: VIRTIO_MMIO_SIZE,
+            irq: self.irq,
+        }
+    }
+}
+
 /// A file descriptor the loop watches for a device, and what to do when it is ready.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceEvent {
@@ -64,6 +77,8 @@ pub struct Devices {
     pub serial: SerialConsole,
     pub i8042: I8042,
     pub virtio: Vec<VirtioSlot>,
+    /// The ACPI sleep registers (the FADT points at them); None with `--acpi off`.
+    pub acpi_sleep: Option<AcpiSleep>,
     events: Vec<DeviceEvent>,
     /// The UART's line status, published for the vCPU threads after every UART access.
     line_status: LineStatusMirror,
@@ -84,9 +99,17 @@ impl Devices {
             serial,
             i8042,
             virtio,
+            acpi_sleep: None,
             events,
             line_status,
         }
+    }
+
+    /// True once the guest wrote S5 to the ACPI sleep control register (`poweroff`).
+    pub fn take_power_off(&mut self) -> bool {
+        self.acpi_sleep
+            .as_mut()
+            .is_some_and(AcpiSleep::take_power_off)
     }
 
     /// The vCPU threads' view of the UART line status (see [`crate::fast_path`]).
@@ -143,6 +166,10 @@ impl Devices {
             }
             AddressSpace::Pio if within(I8042_PORT_BASE, I8042_PORT_COUNT) => {
                 Some((&mut self.i8042, addr - u64::from(I8042_PORT_BASE)))
+            }
+            AddressSpace::Pio if within(SLEEP_PORT_BASE, SLEEP_PORT_COUNT) => {
+                let device = self.acpi_sleep.as_mut()?;
+                Some((device, addr - u64::from(SLEEP_PORT_BASE)))
             }
             AddressSpace::Pio => None,
             AddressSpace::Mmio => {

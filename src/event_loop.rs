@@ -8,19 +8,28 @@
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::api::ApiServer;
 use crate::device_manager::{DeviceEvent, Devices};
 use crate::thread_report::{LoopPhase, ThreadStates};
 use crate::vcpu::{AddressSpace, IoData, VcpuMessage, VcpuStop};
 
+// The API socket and the VM control behind it (pause, snapshot, metrics).
+mod control;
+
 const VCPU_TOKEN: Token = Token(0);
 const STDIN_TOKEN: Token = Token(1);
 const RESET_TOKEN: Token = Token(2);
+const CONSOLE_OUT_TOKEN: Token = Token(3);
+/// How long the loop keeps trying to hand the rest of the console output to a host that
+/// cannot take it (a full pipe, a stopped terminal) when the VM ends.
+const FINAL_FLUSH_LIMIT: Duration = Duration::from_secs(2);
 /// Tokens from here on name device event sources, in the order `Devices` lists them.
 const FIRST_DEVICE_TOKEN: usize = 16;
 
@@ -35,13 +44,15 @@ pub enum VmExit {
     VcpuError { vcpu: usize, message: String },
     /// Every vCPU stopped on its own without a reset (e.g. halted without an irqchip).
     AllVcpusStopped,
+    /// The guest powered off through the ACPI sleep registers (S5, `poweroff`): a clean end.
+    PowerOff,
 }
 
 impl VmExit {
     /// The process exit status `volt` reports for this end.
     pub fn exit_code(&self) -> i32 {
         match self {
-            VmExit::Reset | VmExit::Shutdown { .. } => 0,
+            VmExit::Reset | VmExit::Shutdown { .. } | VmExit::PowerOff => 0,
             VmExit::VcpuError { .. } | VmExit::AllVcpusStopped => 1,
         }
     }
@@ -57,6 +68,9 @@ pub struct LoopStats {
     /// Accesses no device claimed: (address space, address, is write).
     pub unhandled: Vec<(AddressSpace, u64, bool)>,
     pub console_bytes: u64,
+    /// Console bytes the host never got (output buffer full, stdout failed or still full at
+    /// the end).
+    pub console_dropped: u64,
     /// Virtqueue notifications that arrived on an ioeventfd (no vCPU exit to user space).
     pub queue_kicks: u64,
 }
@@ -75,7 +89,11 @@ pub struct EventLoop {
     stdin: Option<RawFd>,
     vcpus_running: usize,
     stats: LoopStats,
+    /// The API socket, when Volt runs with `--api-sock` (see [`control`]).
+    api: Option<ApiServer>,
+    control: Option<control::Control>,
     states: Arc<ThreadStates>,
+    linger: Option<Duration>,
 }
 
 impl EventLoop {
@@ -122,7 +140,10 @@ impl EventLoop {
             stdin,
             vcpus_running: vcpu_count,
             stats: LoopStats::default(),
+            api: None,
+            control: None,
             states,
+            linger: None,
         })
     }
 
@@ -138,16 +159,33 @@ impl EventLoop {
         let mut events = Events::with_capacity(64);
         loop {
             self.states.event_loop.set(LoopPhase::Polling, 0);
-            if let Err(e) = self.poll.poll(&mut events, None) {
+            // vCPUs wake the loop only when it said it sleeps; a message queued before that
+            // is seen here, and then epoll is only asked what else is ready.
+            let rx = &self.vcpu_rx;
+            let pending = self.states.event_loop.going_to_sleep(|| !rx.is_empty());
+            let timeout = pending
+                .then_some(Duration::ZERO)
+                .or(self.control_poll_timeout());
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
                 return Err(e);
             }
             self.states.event_loop.woke();
+            let mut served_vcpus = pending;
+            let mut outcome = None;
+            if pending {
+                self.states.event_loop.set(LoopPhase::VcpuMessages, 0);
+                outcome = self.drain_vcpu_messages();
+            }
             for event in events.iter() {
-                let outcome = match event.token() {
+                if outcome.is_some() {
+                    break;
+                }
+                outcome = match event.token() {
                     VCPU_TOKEN => {
+                        served_vcpus = true;
                         self.states.event_loop.set(LoopPhase::VcpuMessages, 0);
                         self.drain_vcpu_messages()
                     }
@@ -156,10 +194,12 @@ impl EventLoop {
                         self.read_console_input();
                         None
                     }
+                    CONSOLE_OUT_TOKEN => None, // flushed below, like after every wake-up
                     RESET_TOKEN => {
                         let _ = self.reset_evt.read();
                         Some(VmExit::Reset)
                     }
+                    token if ApiServer::owns(token) => self.handle_api_event(event),
                     Token(token) => {
                         let source = token - FIRST_DEVICE_TOKEN;
                         self.states
@@ -172,24 +212,74 @@ impl EventLoop {
                         None
                     }
                 };
-                if let Some(exit) = outcome {
-                    self.finish();
-                    return Ok((exit, std::mem::take(&mut self.stats)));
-                }
+            }
+            if let Some(exit) = outcome {
+                self.finish();
+                return Ok((exit, std::mem::take(&mut self.stats)));
             }
             self.flush_console();
+            self.control_tick();
+            if served_vcpus {
+                self.linger();
+            }
+        }
+    }
+
+    /// After serving vCPU exits, stays awake a moment for the next one (a guest writing its
+    /// console exits every few microseconds), so the vCPU need not wake the loop for each.
+    /// Only when every vCPU thread and the loop have a host CPU of their own: with more
+    /// threads than CPUs the spin would take the CPU from the vCPU it waits for.
+    fn linger(&self) {
+        let Some(limit) = self.linger else { return };
+        let start = Instant::now();
+        let mut spins = 0u32;
+        while self.vcpu_rx.is_empty() {
+            std::hint::spin_loop();
+            spins = spins.wrapping_add(1);
+            if spins % 64 == 0 && start.elapsed() >= limit {
+                return;
+            }
+        }
+    }
+
+    /// Lets the loop spin up to `limit` for the next vCPU message before it sleeps (see
+    /// [`EventLoop::linger`]); `None` (the default) never spins.
+    pub fn set_linger(&mut self, limit: Option<Duration>) {
+        self.linger = limit;
+    }
+
+    /// Watches `fd`, the console's output, for writability: console output the host could not
+    /// take yet is written when it can, never by blocking the loop. An fd epoll cannot watch
+    /// (a regular file) never makes a write wait anyway.
+    pub fn watch_console_output(&mut self, fd: RawFd) {
+        let interest = Interest::WRITABLE;
+        if let Err(e) =
+            self.poll
+                .registry()
+                .register(&mut SourceFd(&fd), CONSOLE_OUT_TOKEN, interest)
+        {
+            log::debug!("console output is not watched ({e}): writes to it cannot block");
         }
     }
 
     fn finish(&mut self) {
         self.flush_console();
+        // What the host could not take yet gets a last chance, bounded in time.
+        let start = Instant::now();
+        let mut events = Events::with_capacity(8);
+        while self.devices.serial.has_pending_output() && start.elapsed() < FINAL_FLUSH_LIMIT {
+            let _ = self.poll.poll(&mut events, Some(Duration::from_millis(50)));
+            self.flush_console();
+        }
+        let unwritten = self.devices.serial.buffered_output() as u64;
+        self.stats.console_dropped = self.devices.serial.counters().drops + unwritten;
         self.stats.console_bytes = self.devices.serial.bytes_out();
     }
 
     fn flush_console(&mut self) {
         self.states.event_loop.set(LoopPhase::ConsoleOutput, 0);
         if let Err(e) = self.devices.serial.flush_output() {
-            log::warn!("console output failed: {e}");
+            devices::rl_warn!("console output failed, buffered output dropped: {e}");
         }
     }
 
@@ -211,6 +301,10 @@ impl EventLoop {
                     if let Some(done) = done {
                         let _ = done.send(IoData::default());
                     }
+                    // ACPI S5: end now, before the guest's status polling keeps the loop busy.
+                    if self.devices.take_power_off() {
+                        return Some(VmExit::PowerOff);
+                    }
                 }
                 VcpuMessage::Read {
                     space,
@@ -227,6 +321,7 @@ impl EventLoop {
                     // The vCPU may already be gone when the VM is stopping.
                     let _ = reply.send(data);
                 }
+                VcpuMessage::Paused { vcpu } => self.vcpu_parked(vcpu),
                 VcpuMessage::Stopped { vcpu, reason } => match reason {
                     VcpuStop::Shutdown | VcpuStop::SystemEvent(_) => {
                         return Some(VmExit::Shutdown { vcpu })
@@ -252,7 +347,7 @@ impl EventLoop {
     }
 
     fn record_unhandled(&mut self, space: AddressSpace, addr: u64, is_write: bool) {
-        log::debug!(
+        devices::rl_debug!(
             "unhandled {space:?} {} at {addr:#x}",
             if is_write { "write" } else { "read" }
         );

@@ -1,15 +1,15 @@
 //! `volt`: parse the command line, build the VM, lock the process down, run the guest.
 
-use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::io;
 use std::process::ExitCode;
 
 use clap::Parser;
 
+use volt::api::{serve_until_start, ApiServer, CheckedSpec, StartedVm, VmSpec};
 use volt::cli::{Cli, Command, RunArgs};
-use volt::kernel_store::{resolve_kernel, KernelStore};
-use volt::sandbox::{self, FsAccess, SandboxConfig, ThreadKind};
-use volt::vm::{BootSource, Vm, VmConfig};
+use volt::launch::{self, LaunchOptions};
+use volt::sandbox;
+use volt::vm::Vm;
 use volt::{clock, terminal};
 
 fn main() -> ExitCode {
@@ -51,6 +51,27 @@ fn run_kernel_command(args: volt::kernel_store::KernelArgs) -> Result<ExitCode, 
     }
 }
 
+/// The VM the command line describes.
+fn spec_from_flags(args: &RunArgs) -> CheckedSpec {
+    CheckedSpec {
+        vcpus: args.cpus,
+        mem_bytes: args.mem,
+        kernel: args.kernel.clone(),
+        boot_args: Some(args.cmdline().to_string()),
+        initrd: args.initrd.clone(),
+        disks: args.disks.clone(),
+        nets: args.nets.clone(),
+    }
+}
+
+fn spec_from_file(path: &std::path::Path) -> Result<CheckedSpec, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the config file {}: {e}", path.display()))?;
+    VmSpec::from_json(&text)
+        .and_then(|spec| spec.check())
+        .map_err(|e| format!("config file {}: {e}", path.display()))
+}
+
 fn run_vm(args: &RunArgs) -> Result<ExitCode, String> {
     if args.print_seccomp {
         sandbox::describe_filters(&mut io::stdout().lock()).map_err(|e| e.to_string())?;
@@ -58,63 +79,49 @@ fn run_vm(args: &RunArgs) -> Result<ExitCode, String> {
     }
     // Before anything is opened: no descriptor from our parent may survive into the VMM.
     sandbox::close_inherited_fds().map_err(|e| e.to_string())?;
-    let kernel = match args.kernel.as_deref() {
-        // A plain file needs no store (and no $HOME to find one).
-        Some(path) if Path::new(path).is_file() => PathBuf::from(path),
-        name => {
-            let store =
-                KernelStore::open_or_default(args.store.clone()).map_err(|e| e.to_string())?;
-            resolve_kernel(name, &store).map_err(|e| e.to_string())?
+    let snapshot_dir = match &args.snapshot_dir {
+        Some(dir) => {
+            let (fd, canonical) = volt::snapshot::dir::open_snapshot_dir(dir)?;
+            sandbox::set_snapshot_dir_fd(fd);
+            Some(canonical)
         }
+        None => None,
     };
-    let seccomp = args.seccomp_mode();
-    let config = VmConfig {
-        vcpus: args.cpus,
-        mem_bytes: args.mem,
-        boot: BootSource::Linux {
-            kernel,
-            initrd: args.initrd.clone(),
-            cmdline: args.cmdline().to_string(),
-        },
-        disks: args.disks.clone(),
-        nets: args.nets.clone(),
+    let options = LaunchOptions {
+        seccomp: args.seccomp_mode(),
+        landlock: !args.no_landlock,
+        store: args.store.clone(),
+        watchdog: args.watchdog.map(std::time::Duration::from_secs),
+        snapshot_dir,
+        vsock: args.vsock.clone(),
         rng: !args.no_rng,
         balloon: args.balloon_config(),
-        console_out: Box::new(io::stdout()),
-        console_in: Some(0),
-        seccomp,
-        watchdog: args.watchdog.map(std::time::Duration::from_secs),
+        acpi: args.acpi,
     };
-    let vm = Vm::build(config).map_err(|e| e.to_string())?;
-
-    // Everything is open: from here on the process may reopen only its disk images.
-    let allowed: Vec<FsAccess> = args
-        .disks
-        .iter()
-        .map(|d| FsAccess {
-            path: d.path.clone(),
-            writable: !d.read_only,
-        })
-        .collect();
-    let sandbox_config = SandboxConfig {
-        seccomp,
-        landlock: !args.no_landlock,
+    let mut api = args
+        .api_sock
+        .as_deref()
+        .map(ApiServer::bind)
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    let given = match &args.config_file {
+        Some(path) => Some(spec_from_file(path)?),
+        // With an API socket and no kernel, the VM is described through the API.
+        None if api.is_some() && args.kernel.is_none() => None,
+        None => Some(spec_from_flags(args)),
     };
-    sandbox::lock_down_process(&sandbox_config, &allowed).map_err(|e| e.to_string())?;
-
-    terminal::take_over_stdin();
-    let running = vm.start().map_err(|e| e.to_string())?;
-    sandbox::apply_seccomp(ThreadKind::Main, seccomp).map_err(|e| e.to_string())?;
-    let (exit, stats) = running.wait().map_err(|e| e.to_string())?;
-    let _ = io::stdout().flush();
-    log::info!(
-        "guest ended ({exit:?}) after {} ms: {} port exits (+{} answered on the vCPU threads) and {} MMIO exits, {} console bytes",
-        clock::since_start().as_millis(),
-        stats.pio_exits,
-        stats.pio_answered_on_vcpu,
-        stats.mmio_exits,
-        stats.console_bytes
-    );
+    let StartedVm { vm, spec } = match (given, api.as_mut()) {
+        (Some(spec), _) => {
+            let config = launch::vm_config(&spec, &options)?;
+            let vm = Vm::build(config).map_err(|e| e.to_string())?;
+            StartedVm { vm, spec }
+        }
+        (None, Some(api)) => {
+            serve_until_start(api, &options).map_err(|e| format!("the API loop failed: {e}"))?
+        }
+        (None, None) => unreachable!("without an API socket the flags describe the VM"),
+    };
+    let (exit, _stats) = launch::run(vm, &spec, api, &options)?;
     match exit.exit_code() {
         0 => Ok(ExitCode::SUCCESS),
         _ => Err(format!("the guest stopped abnormally: {exit:?}")),

@@ -1,55 +1,145 @@
 //! The host terminal: raw mode while the guest owns the console, restored on every way out
 //! (normal return, error, signal, panic).
 
+use std::io;
 use std::os::fd::RawFd;
 use std::sync::OnceLock;
 
 const STDIN: RawFd = 0;
+const STDOUT: RawFd = 1;
 
-/// What stdin looked like before Volt changed it.
+/// What stdin and stdout looked like before Volt changed them.
 struct SavedState {
     termios: Option<libc::termios>,
-    flags: libc::c_int,
+    stdin_flags: libc::c_int,
+    /// Set when stdout got a private description that Volt made non-blocking.
+    stdout_flags: Option<libc::c_int>,
 }
 
 static SAVED: OnceLock<SavedState> = OnceLock::new();
 
 /// Makes stdin non-blocking (the event loop drains it) and, when it is a terminal, raw, so
 /// keys go to the guest as typed. Ctrl-C still ends Volt (ISIG stays on).
+///
+/// `O_NONBLOCK` is a flag of the open file description, which stdin shares with stdout when
+/// both are the same terminal, and with the parent shell. So stdin and stdout (terminals and
+/// pipes) first get private descriptions of their own, reopened through `/proc/self/fd`:
+/// non-blocking stdin then leaks neither onto stdout nor into the shell, and stdout is made
+/// non-blocking too, so a slow terminal can never stall the event loop (the serial console
+/// keeps what the host cannot take yet and writes it once stdout is writable again).
+///
+/// Reopening needs `/proc` and must happen before Landlock is applied. When it cannot be done,
+/// stdin's own description is made non-blocking as before; if stdout shares it, console
+/// writes may see `EAGAIN`, which the console output path handles without losing bytes.
 pub fn take_over_stdin() {
-    // SAFETY: plain libc calls on fd 0 with valid pointers to local storage.
-    unsafe {
-        let flags = libc::fcntl(STDIN, libc::F_GETFL);
-        if flags < 0 {
-            return; // no stdin at all
-        }
-        let mut termios: libc::termios = std::mem::zeroed();
-        let termios = (libc::isatty(STDIN) == 1 && libc::tcgetattr(STDIN, &mut termios) == 0)
-            .then_some(termios);
-        if SAVED.set(SavedState { termios, flags }).is_err() {
-            return;
-        }
-        install_restore_hooks();
-        if let Some(original) = termios {
-            let mut raw = original;
+    let stdin_private = reopen_private(STDIN, libc::O_RDONLY).unwrap_or_else(|e| {
+        log::debug!("stdin keeps its shared description: {e}");
+        false
+    });
+    let stdout_private = reopen_private(STDOUT, libc::O_WRONLY).unwrap_or_else(|e| {
+        log::debug!("stdout keeps its shared description: {e}");
+        false
+    });
+    log::debug!("private descriptions: stdin {stdin_private}, stdout {stdout_private}");
+    // SAFETY: fcntl(F_GETFL) on fd 0 takes no pointer.
+    let flags = unsafe { libc::fcntl(STDIN, libc::F_GETFL) };
+    if flags < 0 {
+        return; // no stdin at all
+    }
+    let stdout_flags = if stdout_private {
+        // SAFETY: fcntl(F_GETFL) on fd 1 takes no pointer.
+        let flags = unsafe { libc::fcntl(STDOUT, libc::F_GETFL) };
+        (flags >= 0).then_some(flags)
+    } else {
+        None
+    };
+    // SAFETY: termios is plain old data; all-zero is a valid value to be overwritten.
+    let mut termios: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: isatty/tcgetattr on fd 0 with a valid pointer to local storage.
+    let is_tty = unsafe { libc::isatty(STDIN) == 1 && libc::tcgetattr(STDIN, &mut termios) == 0 };
+    let termios = is_tty.then_some(termios);
+    let saved = SavedState {
+        termios,
+        stdin_flags: flags,
+        stdout_flags,
+    };
+    if SAVED.set(saved).is_err() {
+        return;
+    }
+    install_restore_hooks();
+    if let Some(original) = termios {
+        let mut raw = original;
+        // SAFETY: cfmakeraw/tcsetattr get valid pointers to local storage; fd 0 is a terminal.
+        unsafe {
             libc::cfmakeraw(&mut raw);
             raw.c_lflag |= libc::ISIG;
             raw.c_oflag |= libc::OPOST | libc::ONLCR; // keep "\n" -> "\r\n" for host-side logs
             libc::tcsetattr(STDIN, libc::TCSANOW, &raw);
         }
-        libc::fcntl(STDIN, libc::F_SETFL, flags | libc::O_NONBLOCK);
+    }
+    // SAFETY: fcntl(F_SETFL) with an integer argument.
+    unsafe { libc::fcntl(STDIN, libc::F_SETFL, flags | libc::O_NONBLOCK) };
+    if let Some(flags) = stdout_flags {
+        // SAFETY: as above, on fd 1, whose description is private to this process.
+        unsafe { libc::fcntl(STDOUT, libc::F_SETFL, flags | libc::O_NONBLOCK) };
     }
 }
 
-/// Puts stdin back as it was. Async-signal-safe: only fcntl and tcsetattr.
+/// Replaces `fd` by a new open file description of the same terminal or pipe (opened through
+/// `/proc/self/fd/N` with `access`), so file status flags set on it are private to Volt.
+/// `Ok(false)` when `fd` is not a terminal or pipe (a regular file keeps its offset shared,
+/// a socket cannot be reopened) and nothing was done.
+pub fn reopen_private(fd: RawFd, access: libc::c_int) -> io::Result<bool> {
+    // SAFETY: stat is plain old data; fstat fills it through a valid pointer.
+    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::fstat(fd, &mut stat) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let kind = stat.st_mode & libc::S_IFMT;
+    if kind != libc::S_IFCHR && kind != libc::S_IFIFO {
+        return Ok(false);
+    }
+    let path = std::ffi::CString::new(format!("/proc/self/fd/{fd}"))
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    // O_NONBLOCK only for the open itself: opening a pipe's write end must not wait.
+    let flags = access | libc::O_NOCTTY | libc::O_CLOEXEC | libc::O_NONBLOCK;
+    // SAFETY: path is a valid NUL-terminated string.
+    let fresh = unsafe { libc::open(path.as_ptr(), flags) };
+    if fresh < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fresh is an fd we own; dup2 onto `fd` replaces it atomically (and clears
+    // close-on-exec on the copy), then the temporary is closed.
+    unsafe {
+        let ok = libc::dup2(fresh, fd) >= 0
+            && libc::fcntl(
+                fd,
+                libc::F_SETFL,
+                libc::fcntl(fd, libc::F_GETFL) & !libc::O_NONBLOCK,
+            ) == 0;
+        let error = io::Error::last_os_error();
+        libc::close(fresh);
+        if ok {
+            Ok(true)
+        } else {
+            Err(error)
+        }
+    }
+}
+
+/// Puts stdin (and stdout) back as they were. Async-signal-safe: only fcntl and tcsetattr.
 pub fn restore_stdin() {
     if let Some(saved) = SAVED.get() {
-        // SAFETY: restores values read from the same fd earlier.
+        // SAFETY: restores values read from the same fds earlier.
         unsafe {
             if let Some(termios) = &saved.termios {
                 libc::tcsetattr(STDIN, libc::TCSANOW, termios);
             }
-            libc::fcntl(STDIN, libc::F_SETFL, saved.flags);
+            libc::fcntl(STDIN, libc::F_SETFL, saved.stdin_flags);
+            if let Some(flags) = saved.stdout_flags {
+                libc::fcntl(STDOUT, libc::F_SETFL, flags);
+            }
         }
     }
 }
@@ -69,4 +159,101 @@ fn install_restore_hooks() {
         restore_stdin();
         previous(info);
     }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+    fn flags(fd: RawFd) -> libc::c_int {
+        // SAFETY: fcntl(F_GETFL) takes no pointer.
+        unsafe { libc::fcntl(fd, libc::F_GETFL) }
+    }
+
+    fn set_nonblocking(fd: RawFd) {
+        let new_flags = flags(fd) | libc::O_NONBLOCK;
+        // SAFETY: fcntl(F_SETFL) with an integer argument.
+        let ret = unsafe { libc::fcntl(fd, libc::F_SETFL, new_flags) };
+        assert_eq!(ret, 0);
+    }
+
+    /// A pseudo-terminal's slave side, opened once and duplicated: like a shell's stdin and
+    /// stdout, two fds on one open file description.
+    fn shared_terminal() -> Option<(OwnedFd, OwnedFd, OwnedFd)> {
+        // SAFETY: plain libc pty calls; the returned name is copied before the next call.
+        unsafe {
+            let master = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
+            if master < 0 {
+                return None;
+            }
+            let master = OwnedFd::from_raw_fd(master);
+            if libc::grantpt(master.as_raw_fd()) != 0 || libc::unlockpt(master.as_raw_fd()) != 0 {
+                return None;
+            }
+            let name = libc::ptsname(master.as_raw_fd());
+            if name.is_null() {
+                return None;
+            }
+            let slave = libc::open(name, libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
+            if slave < 0 {
+                return None;
+            }
+            let stdout = libc::fcntl(slave, libc::F_DUPFD_CLOEXEC, 0);
+            Some((
+                master,
+                OwnedFd::from_raw_fd(slave),
+                OwnedFd::from_raw_fd(stdout),
+            ))
+        }
+    }
+
+    #[test]
+    fn nonblocking_stdin_does_not_leak_onto_a_shared_terminal_stdout() {
+        let Some((_master, stdin, stdout)) = shared_terminal() else {
+            eprintln!("SKIP: no pseudo-terminal available");
+            return;
+        };
+        // Without a private description the flag is shared: the bug.
+        set_nonblocking(stdin.as_raw_fd());
+        assert_ne!(flags(stdout.as_raw_fd()) & libc::O_NONBLOCK, 0);
+        // SAFETY: fcntl(F_SETFL) with an integer argument.
+        unsafe { libc::fcntl(stdin.as_raw_fd(), libc::F_SETFL, libc::O_RDWR) };
+
+        assert!(reopen_private(stdin.as_raw_fd(), libc::O_RDONLY).unwrap());
+        set_nonblocking(stdin.as_raw_fd());
+        assert_eq!(flags(stdout.as_raw_fd()) & libc::O_NONBLOCK, 0);
+        // Still the same terminal.
+        // SAFETY: isatty takes no pointer.
+        assert_eq!(unsafe { libc::isatty(stdin.as_raw_fd()) }, 1);
+    }
+
+    #[test]
+    fn a_pipe_gets_a_private_description_and_a_file_is_left_alone() {
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 writes two fds into the valid array.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: fresh fds owned by nobody else.
+        let (read_end, write_end) =
+            unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        // SAFETY: F_DUPFD_CLOEXEC takes an integer.
+        let shared = unsafe {
+            OwnedFd::from_raw_fd(libc::fcntl(write_end.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0))
+        };
+        assert!(reopen_private(write_end.as_raw_fd(), libc::O_WRONLY).unwrap());
+        set_nonblocking(write_end.as_raw_fd());
+        assert_eq!(flags(shared.as_raw_fd()) & libc::O_NONBLOCK, 0);
+        // Writes through the private description reach the same pipe.
+        // SAFETY: valid buffer of the given length.
+        let written = unsafe { libc::write(write_end.as_raw_fd(), b"x".as_ptr().cast(), 1) };
+        assert_eq!(written, 1);
+        let mut byte = 0u8;
+        // SAFETY: valid one-byte buffer.
+        let read = unsafe { libc::read(read_end.as_raw_fd(), (&mut byte as *mut u8).cast(), 1) };
+        assert_eq!(read, 1);
+        assert_eq!(byte, b'x');
+
+        let file = tempfile::tempfile().unwrap();
+        assert!(!reopen_private(file.as_raw_fd(), libc::O_WRONLY).unwrap());
+    }
 }

@@ -10,7 +10,7 @@
 
 use std::fmt::Write as _;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
@@ -137,6 +137,9 @@ impl VcpuState {
 /// The event loop's published state.
 #[derive(Debug, Default)]
 pub struct LoopState {
+    /// Set while the loop is in (or about to enter) `epoll_wait`: only then must a vCPU that
+    /// queued a message wake it (see [`LoopState::going_to_sleep`]).
+    idle: AtomicBool,
     tid: AtomicU32,
     phase: AtomicU8,
     detail: AtomicU64,
@@ -157,7 +160,29 @@ impl LoopState {
     }
 
     pub fn woke(&self) {
+        self.idle.store(false, Ordering::Relaxed);
         self.wakeups.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The loop is about to sleep. Returns true if it must not: `has_work` (checked after the
+    /// flag is visible) found a queued message. Pairs with [`LoopState::must_wake`]: of a vCPU
+    /// that queues a message and then checks the flag, and the loop that sets the flag and then
+    /// checks the queue, at least one sees the other (both sides fence with SeqCst), so a
+    /// message never waits for a wake-up nobody sends.
+    pub fn going_to_sleep(&self, has_work: impl FnOnce() -> bool) -> bool {
+        self.idle.store(true, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        if has_work() {
+            self.idle.store(false, Ordering::Relaxed);
+            return true;
+        }
+        false
+    }
+
+    /// Called by a vCPU after it queued a message: whether the loop may be asleep.
+    pub fn must_wake(&self) -> bool {
+        fence(Ordering::SeqCst);
+        self.idle.load(Ordering::Relaxed)
     }
 
     pub fn served_message(&self) {

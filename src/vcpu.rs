@@ -20,6 +20,7 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 use crate::clock;
 use crate::device_manager::{is_serial_port, SERIAL_LSR_PORT, SERIAL_PORT_BASE};
 use crate::fast_path::LineStatusMirror;
+use crate::pause::{Unparked, VcpuPause};
 use crate::sandbox::{apply_seccomp, SeccompMode, ThreadKind};
 use crate::thread_report::{Access, ThreadStates, VcpuPhase, VcpuState};
 
@@ -94,6 +95,10 @@ pub enum VcpuMessage {
         vcpu: usize,
         reason: VcpuStop,
     },
+    /// The vCPU left the guest for a pause and waits for a command (see [`crate::pause`]).
+    Paused {
+        vcpu: usize,
+    },
 }
 
 /// The loop's end of the vCPU channels, plus the wake-up that makes its `poll` return.
@@ -103,12 +108,21 @@ pub struct LoopLink {
     pub waker: Arc<Waker>,
     /// UART line status reads are answered from here when the loop published a value.
     pub line_status: LineStatusMirror,
+    /// Where the loop asks this vCPU to pause (`None`: the VM is never paused).
+    pub pause: Option<VcpuPause>,
+    /// The loop's published state: whether it sleeps and must be woken.
+    pub states: Arc<ThreadStates>,
 }
 
 impl LoopLink {
     fn send(&self, message: VcpuMessage) -> bool {
         if self.sender.send(message).is_err() {
             return false; // the loop is gone: the VM is being torn down
+        }
+        // A loop that is awake takes the message before it sleeps: no wake-up (a syscall, and
+        // on another CPU an interrupt) per console byte while output flows.
+        if !self.states.event_loop.must_wake() {
+            return true;
         }
         if let Err(e) = self.waker.wake() {
             log::error!("cannot wake the event loop: {e}");
@@ -139,6 +153,11 @@ pub struct VcpuHandle {
 }
 
 impl VcpuHandle {
+    /// The thread, for kicking it out of `KVM_RUN` (pause).
+    pub fn pthread(&self) -> libc::pthread_t {
+        std::os::unix::thread::JoinHandleExt::as_pthread_t(&self.thread)
+    }
+
     /// Interrupts `KVM_RUN` until the thread has seen `stop` and ended. A single signal can
     /// arrive just before the thread enters `KVM_RUN` and be lost, hence the repetition.
     pub fn stop_and_join(self) {
@@ -254,6 +273,12 @@ fn run_vcpu(
     loop {
         if stop.load(Ordering::Acquire) {
             return VcpuStop::Requested;
+        }
+        if let Some(pause) = &link.pause {
+            let send = |message| link.send(message);
+            if let Unparked::Stop = pause.park_if_requested(index, &mut vcpu, send, stop) {
+                return VcpuStop::Requested;
+            }
         }
         state.set(VcpuPhase::InGuest);
         let delivered = match vcpu.run() {

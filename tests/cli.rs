@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use common::*;
@@ -17,39 +17,6 @@ fn volt() -> Command {
         Some(bin) => Command::new(bin),
         None => Command::new(env!("CARGO_BIN_EXE_volt")),
     }
-}
-
-/// An ELF64 executable whose single PT_LOAD puts `code` at the guest load address, with the
-/// entry there: the smallest thing Volt's loader accepts as a vmlinux.
-fn tiny_elf_kernel(dir: &Path, code: &[u8]) -> PathBuf {
-    const EHDR: usize = 64;
-    const PHDR: usize = 56;
-    let mut elf = vec![0u8; EHDR + PHDR];
-    elf[0..4].copy_from_slice(b"\x7fELF");
-    elf[4] = 2; // 64-bit
-    elf[5] = 1; // little endian
-    elf[6] = 1; // version
-    elf[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
-    elf[18..20].copy_from_slice(&62u16.to_le_bytes()); // x86-64
-    elf[20..24].copy_from_slice(&1u32.to_le_bytes());
-    elf[24..32].copy_from_slice(&GUEST_LOAD_ADDR.to_le_bytes()); // entry
-    elf[32..40].copy_from_slice(&(EHDR as u64).to_le_bytes()); // phoff
-    elf[52..54].copy_from_slice(&(EHDR as u16).to_le_bytes());
-    elf[54..56].copy_from_slice(&(PHDR as u16).to_le_bytes());
-    elf[56..58].copy_from_slice(&1u16.to_le_bytes()); // one program header
-    let ph = &mut elf[EHDR..];
-    ph[0..4].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
-    ph[4..8].copy_from_slice(&7u32.to_le_bytes()); // RWX
-    ph[8..16].copy_from_slice(&((EHDR + PHDR) as u64).to_le_bytes()); // offset
-    ph[16..24].copy_from_slice(&GUEST_LOAD_ADDR.to_le_bytes()); // vaddr
-    ph[24..32].copy_from_slice(&GUEST_LOAD_ADDR.to_le_bytes()); // paddr
-    ph[32..40].copy_from_slice(&(code.len() as u64).to_le_bytes()); // filesz
-    ph[40..48].copy_from_slice(&(code.len() as u64).to_le_bytes()); // memsz
-    ph[48..56].copy_from_slice(&0x1000u64.to_le_bytes());
-    elf.extend_from_slice(code);
-    let path = dir.join("tiny-vmlinux");
-    std::fs::write(&path, elf).unwrap();
-    path
 }
 
 /// Prints `text` on COM1, then resets through the i8042.
@@ -95,6 +62,41 @@ fn a_guest_boots_under_the_full_sandbox_and_its_reset_exits_zero() {
             output.status.success(),
             "status {:?}: {}",
             output.status,
+            stderr(&output)
+        );
+    }
+}
+
+#[test]
+fn a_guest_with_vsock_boots_under_the_full_sandbox_and_reuses_a_stale_socket() {
+    if !kvm_available("a_guest_with_vsock_boots_under_the_full_sandbox") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = tiny_elf_kernel(dir.path(), &hello_guest(b"vsock\n"));
+    let socket = dir.path().join("v.sock");
+    let vsock = format!("3,{}", socket.display());
+    // The second run finds the socket the first one left behind (the sandbox forbids removing
+    // it at exit) and replaces it.
+    for _ in 0..2 {
+        let output = volt()
+            .arg("--kernel")
+            .arg(&kernel)
+            .args(["--vsock", &vsock, "--log-level", "info"])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&output.stdout),
+            "vsock\n",
+            "{}",
+            stderr(&output)
+        );
+        assert!(output.status.success(), "{}", stderr(&output));
+        assert!(socket.exists(), "the listening socket was created");
+        // The device's counters are logged when the event loop ends.
+        assert!(
+            stderr(&output).contains("virtio-vsock: 0 host-initiated and 0 guest-initiated"),
+            "{}",
             stderr(&output)
         );
     }
@@ -199,6 +201,17 @@ fn bad_input_gets_a_clear_error_and_a_non_zero_exit() {
     assert_fails_with(
         &["--kernel", "nosuchname", "--store", dir_path],
         "nosuchname",
+    );
+    assert_fails_with(
+        &["--kernel", kernel, "--vsock", "2,/tmp/v.sock"],
+        "reserved",
+    );
+    assert_fails_with(&["--kernel", kernel, "--vsock", "3"], "CID,PATH");
+    let vsock_on_a_file = format!("3,{not_a_kernel}");
+    assert_fails_with(&["--kernel", kernel, "--vsock", &vsock_on_a_file], "exists");
+    assert_fails_with(
+        &["--kernel", kernel, "--vsock", &vsock_on_a_file],
+        not_a_kernel,
     );
 }
 

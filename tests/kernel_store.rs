@@ -26,7 +26,7 @@ fn fake_elf(release: &str, seed: u8) -> Vec<u8> {
     image[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
     image[18..20].copy_from_slice(&62u16.to_le_bytes()); // EM_X86_64
     image[20..24].copy_from_slice(&1u32.to_le_bytes());
-    image.extend((0..300_000u32).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)));
+    image.extend((0..300_000u32).map(|i| i.to_le_bytes()[0].wrapping_mul(31).wrapping_add(seed)));
     let banner = format!("Linux version {release} (test@volt) (gcc 12.2.0) #1 SMP PREEMPT\n\0");
     image.extend_from_slice(banner.as_bytes());
     image.extend_from_slice(&[seed; 4096]);
@@ -527,7 +527,7 @@ fn concurrent_adds_from_threads_all_land() {
     let mut expected = Vec::new();
     for t in 0..THREADS {
         for i in 0..ADDS_PER_THREAD {
-            let seed = (t * ADDS_PER_THREAD + i) as u8;
+            let seed = u8::try_from(t * ADDS_PER_THREAD + i).unwrap();
             let bytes = if seed % 2 == 0 {
                 fake_elf(&format!("6.{seed}.0"), seed)
             } else {
@@ -622,7 +622,7 @@ fn concurrent_adds_from_processes_all_land() {
     let mut expected = Vec::new();
     for p in 0..PROCESSES {
         for i in 0..ADDS_PER_PROCESS {
-            let seed = (100 + p * ADDS_PER_PROCESS + i) as u8;
+            let seed = u8::try_from(100 + p * ADDS_PER_PROCESS + i).unwrap();
             let bytes = fake_elf(&format!("6.{seed}.0"), seed);
             let name = format!("p{p}-k{i}");
             expected.push((name.clone(), sha256_hex(&bytes)));

@@ -219,6 +219,53 @@ fn string_port_io_of_any_length_reaches_the_device_whole() {
     assert_eq!(run.exit, VmExit::Reset);
 }
 
+#[test]
+fn acpi_s5_through_the_sleep_registers_powers_the_vm_off() {
+    if !kvm_available("acpi_s5_through_the_sleep_registers_powers_the_vm_off") {
+        return;
+    }
+    // What Linux's acpi_hw_extended_sleep() does for S5 (\_S5 = 5): clear WAK_STS, write
+    // SLP_TYP << 2 | SLP_EN to the control register, then poll the status register for a wake.
+    let code = assemble(|a| {
+        a.mov(dx, 0x601u32)?;
+        a.mov(al, 0x80u32)?;
+        a.out(dx, al)?;
+        a.mov(dx, 0x600u32)?;
+        a.mov(al, (5u32 << 2) | 0x20)?;
+        a.out(dx, al)?;
+        a.mov(dx, 0x601u32)?;
+        let mut again = a.create_label();
+        a.set_label(&mut again)?;
+        a.in_(al, dx)?;
+        a.test(al, 0x80u32)?;
+        a.jz(again)?;
+        a.hlt()
+    });
+    for _ in 0..10 {
+        let run = run_raw_guest(code.clone(), 2, SeccompMode::Kill);
+        assert_eq!(run.exit, VmExit::PowerOff);
+        assert_eq!(run.exit.exit_code(), 0);
+    }
+}
+
+#[test]
+fn other_sleep_states_do_not_end_the_vm() {
+    if !kvm_available("other_sleep_states_do_not_end_the_vm") {
+        return;
+    }
+    // S3 (not offered in the DSDT) is ignored; the guest then reboots through the i8042.
+    let code = assemble(|a| {
+        a.mov(dx, 0x600u32)?;
+        a.mov(al, (3u32 << 2) | 0x20)?;
+        a.out(dx, al)?;
+        print(a, b"still here\n")?;
+        i8042_reset(a)
+    });
+    let run = run_raw_guest(code, 1, SeccompMode::Kill);
+    assert_eq!(run.console, "still here\n");
+    assert_eq!(run.exit, VmExit::Reset);
+}
+
 /// Prints `text` the way Linux's 8250 console does: the line status register before each byte.
 fn print_polling_lsr(a: &mut CodeAssembler, text: &[u8]) -> Result<(), IcedError> {
     for &byte in text {
@@ -294,4 +341,75 @@ fn in_loopback_mode_the_loop_answers_line_status_reads() {
     let run = run_raw_guest(code, 1, SeccompMode::Kill);
     assert!(run.console.ends_with("aZ"), "{:?}", run.console);
     assert_eq!(run.stats.pio_answered_on_vcpu, 0, "{:?}", run.stats);
+}
+
+/// Every vCPU writes `bytes` console bytes the way Linux does (LSR poll, then the byte), then
+/// counts itself done; vCPU 0 resets the machine once all are.
+fn console_flood_guest(vcpus: u8, bytes: u32) -> Vec<u8> {
+    assemble(|a| {
+        let counter = a.create_label();
+        let mut park = a.create_label();
+        let mut wait_lsr = a.create_label();
+        let mut wait_all = a.create_label();
+        a.mov(ecx, bytes)?;
+        // The next byte starts with its LSR poll.
+        a.set_label(&mut wait_lsr)?;
+        a.mov(dx, 0x3fdu32)?;
+        a.in_(al, dx)?;
+        a.test(al, 0x20u32)?;
+        a.jz(wait_lsr)?;
+        a.mov(dx, 0x3f8u32)?;
+        a.mov(rax, rdi)?;
+        a.add(al, b'a' as u32)?;
+        a.out(dx, al)?;
+        a.dec(ecx)?;
+        a.jnz(wait_lsr)?;
+        a.lock().inc(qword_ptr(counter))?;
+        a.test(rdi, rdi)?;
+        a.jnz(park)?;
+        a.set_label(&mut wait_all)?;
+        a.mov(rax, qword_ptr(counter))?;
+        a.cmp(rax, u32::from(vcpus) as i32)?;
+        a.jne(wait_all)?;
+        i8042_reset(a)?;
+        a.set_label(&mut park)?;
+        a.cli()?;
+        a.hlt()?;
+        a.jmp(park)?;
+        let mut counter_label = counter;
+        a.set_label(&mut counter_label)?;
+        a.dq(&[0])
+    })
+}
+
+/// The loop spins for the next exit only while every vCPU thread and the loop have a host CPU
+/// each; with more vCPU threads than host CPUs (4 on the 2-core development machines) it must
+/// sleep instead, and a console flood from every vCPU must still come through whole.
+#[test]
+fn a_console_flood_comes_through_whole_with_fewer_and_more_vcpus_than_host_cpus() {
+    if !kvm_available("a_console_flood_comes_through_whole") {
+        return;
+    }
+    let host_cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let bytes = 3000u32;
+    for vcpus in [1u8, 4, 8] {
+        let run = run_raw_guest(console_flood_guest(vcpus, bytes), vcpus, SeccompMode::Kill);
+        assert_eq!(
+            run.exit,
+            VmExit::Reset,
+            "{vcpus} vCPUs on {host_cpus} host CPUs"
+        );
+        for i in 0..vcpus {
+            let mine = run.console.bytes().filter(|&b| b == b'a' + i).count();
+            assert_eq!(
+                mine, bytes as usize,
+                "vCPU {i} of {vcpus} on {host_cpus} host CPUs"
+            );
+        }
+        assert_eq!(
+            run.stats.pio_answered_on_vcpu,
+            u64::from(bytes) * u64::from(vcpus),
+            "every LSR poll answered on its vCPU thread"
+        );
+    }
 }

@@ -1,6 +1,7 @@
 //! virtio-rng and virtio-balloon inside the real VMM: a tiny guest (assembled here) drives both
 //! devices through their MMIO registers and ioeventfds while the event loop runs under its
 //! seccomp filter in kill mode, so getrandom, madvise and the timers must be on the list.
+#![allow(clippy::cast_possible_truncation)] // test arithmetic on small, known values
 
 mod common;
 

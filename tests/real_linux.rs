@@ -8,7 +8,8 @@
 //!
 //! Environment: `VOLT_E2E_VMM=qemu` runs the same boots under QEMU microvm (to check the harness
 //! itself); `VOLT_E2E_BIN=PATH` boots that volt binary instead of this build's;
-//! `VOLT_E2E_MODE=direct|nested` overrides the automatic choice.
+//! `VOLT_E2E_MODE=direct|nested` overrides the automatic choice; `VOLT_E2E_LOG=PATH` saves the
+//! run's whole output.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -117,6 +118,10 @@ fn e2e() -> &'static E2eRun {
             .output()
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        // VOLT_E2E_LOG=PATH keeps the whole run (every boot's console), passing cases included.
+        if let Ok(path) = std::env::var("VOLT_E2E_LOG") {
+            let _ = std::fs::write(path, &stdout);
+        }
         if out.status.code() == Some(77) {
             let reason = stdout
                 .lines()
@@ -180,22 +185,70 @@ fn assert_exited_cleanly(name: &str, case: &BootCase) {
 
 #[test]
 #[ignore = "boots real Linux on a real KVM (nested); run with --ignored"]
-fn debian_stock_kernel_brings_up_smp_and_panics_at_root_mount() {
-    for cpus in [1u32, 2, 4] {
-        let name = format!("stock-cpus{cpus}");
-        let Some(case) = boot(&name) else { return };
-        assert_serial_contains(&name, case, "found SMP MP-table");
-        assert_serial_contains(&name, case, &format!("Processors: {cpus}"));
-        let brought_up = if cpus == 1 {
-            "Brought up 1 node, 1 CPU".to_string()
-        } else {
-            format!("Brought up 1 node, {cpus} CPUs")
-        };
-        assert_serial_contains(&name, case, &brought_up);
-        assert_serial_contains(&name, case, "VFS: Unable to mount root fs");
-        // panic=1 reboots the guest, which ends the VMM with status 0.
-        assert_exited_cleanly(&name, case);
+fn debian_kernels_find_cpus_disk_and_nic_through_acpi_and_poweroff_ends_vmm() {
+    for (name, cpus) in [
+        ("debian-acpi-cpus1", 1),
+        ("debian-acpi-cpus2", 2),
+        ("debian-acpi-cpus4", 4),
+        // linux-image-cloud-amd64: no CONFIG_X86_MPPARSE, the MADT is its only CPU list.
+        ("debian-cloud-acpi-cpus4", 4),
+    ] {
+        let Some(case) = boot(name) else { return };
+        assert_serial_contains(name, case, "ACPI: RSDP 0x00000000000E0000");
+        assert_serial_contains(name, case, "Using ACPI (MADT) for SMP configuration");
+        assert_eq!(
+            case.init_cpus(),
+            Some(cpus),
+            "{name}: cpus in the init marker\n{}",
+            case.serial
+        );
+        assert!(
+            !case.serial.contains("VOLT-INSMOD-FAILED"),
+            "{name}: a module failed to load\n{}",
+            case.serial
+        );
+        // The kernel has no virtio_mmio.device= support: both devices came from the DSDT.
+        let bound = case.marker_value("VOLT-VIRTIO-BOUND ").unwrap_or_default();
+        assert!(
+            bound.contains("LNRO0005:00") && bound.contains("LNRO0005:01"),
+            "{name}: virtio-mmio devices bound through ACPI: {bound:?}\n{}",
+            case.serial
+        );
+        assert_eq!(
+            case.marker_value("VOLT-DISK-READ ").as_deref(),
+            Some("VOLT-ACPI-DISK-OK"),
+            "{name}: first line of /dev/vda\n{}",
+            case.serial
+        );
+        assert_serial_contains(name, case, "VOLT-NIC eth0");
+        assert_serial_contains(name, case, "VOLT-INIT-DONE");
+        assert!(
+            case.stderr.contains("guest ended (PowerOff)"),
+            "{name}: Volt saw no ACPI power-off\n--- stderr ---\n{}",
+            case.stderr
+        );
+        assert_exited_cleanly(name, case);
     }
+}
+
+#[test]
+#[ignore = "boots real Linux on a real KVM (nested); run with --ignored"]
+fn debian_stock_kernel_with_acpi_off_brings_up_smp_from_the_mp_table() {
+    let name = "stock-mptable-cpus4";
+    let Some(case) = boot(name) else { return };
+    assert_serial_contains(name, case, "found SMP MP-table");
+    assert_serial_contains(name, case, "MPTABLE: OEM ID: NOVAFLAR");
+    assert_serial_contains(name, case, "MPTABLE: Product ID: VOLT VM");
+    assert_serial_contains(name, case, "Processors: 4");
+    assert_serial_contains(name, case, "Brought up 1 node, 4 CPUs");
+    assert!(
+        !case.serial.contains("ACPI: RSDP 0x"),
+        "{name}: --acpi off still wrote ACPI tables\n{}",
+        case.serial
+    );
+    assert_serial_contains(name, case, "VFS: Unable to mount root fs");
+    // panic=1 reboots the guest, which ends the VMM with status 0.
+    assert_exited_cleanly(name, case);
 }
 
 #[test]
@@ -216,6 +269,19 @@ fn built_kernel_reports_vcpu_count_and_reboot_ends_vmm() {
         assert_serial_contains(name, case, "VOLT-INIT-DONE");
         assert_exited_cleanly(name, case);
     }
+    // The project's kernel is built with ACPI: with acpi=off it finds its CPUs in the MP table.
+    let Some(case) = boot("rootfs-cpus2") else {
+        return;
+    };
+    assert_serial_contains("rootfs-cpus2", case, "MPTABLE: OEM ID: NOVAFLAR");
+    let Some(case) = boot("rootfs-cpus4-net") else {
+        return;
+    };
+    assert_serial_contains(
+        "rootfs-cpus4-net",
+        case,
+        "Using ACPI (MADT) for SMP configuration",
+    );
 }
 
 #[test]
@@ -259,12 +325,74 @@ fn guest_answers_ping_over_tap() {
     );
 }
 
+/// The `VOLT-SNAPWORK N` steps a guest printed, in order.
+fn snapwork_steps(case: &BootCase) -> Vec<u32> {
+    case.serial
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("VOLT-SNAPWORK "))
+        .filter_map(|n| n.trim().parse().ok())
+        .collect()
+}
+
 /// A `HOST-... <number>` line the payload added to a case (e.g. the balloon's RSS samples).
 fn host_number(case: &BootCase, prefix: &str) -> Option<u64> {
     case.stderr
         .lines()
         .find_map(|l| l.trim().strip_prefix(prefix))
         .and_then(|v| v.trim().parse().ok())
+}
+
+#[test]
+#[ignore = "boots real Linux on a real KVM (nested); run with --ignored"]
+fn a_guest_snapshotted_mid_work_resumes_in_a_new_process_with_its_disk_and_nic() {
+    if std::env::var("VOLT_E2E_VMM").is_ok_and(|vmm| vmm != "volt") {
+        eprintln!("SKIP: snapshots are Volt's (VOLT_E2E_VMM is not volt)");
+        return;
+    }
+    let Some(take) = boot("snapshot-take") else {
+        return;
+    };
+    assert!(
+        take.has_host_line("HOST-API PUT /snapshot/create 204"),
+        "snapshot-take: the snapshot was not created\n--- serial ---\n{}\n--- stderr ---\n{}",
+        take.serial,
+        take.stderr
+    );
+    let before = snapwork_steps(take);
+    let last = *before.last().expect("steps before the snapshot");
+    assert!(last < 10, "the snapshot must be taken mid-work: {before:?}");
+
+    let Some(restore) = boot("snapshot-restore") else {
+        return;
+    };
+    assert!(
+        restore.has_host_line("HOST-API PUT /snapshot/load 204"),
+        "snapshot-restore: the load failed\n--- stderr ---\n{}",
+        restore.stderr
+    );
+    let after = snapwork_steps(restore);
+    let expected: Vec<u32> = (last + 1..=10).collect();
+    assert_eq!(
+        after, expected,
+        "the restored guest must go on from step {last}\n--- serial ---\n{}",
+        restore.serial
+    );
+    assert!(
+        restore.has_host_line("HOST-PING-OK 10.0.2.15"),
+        "the restored guest must answer a ping\n--- stderr ---\n{}",
+        restore.stderr
+    );
+    assert_exited_cleanly("snapshot-restore", restore);
+
+    let Some(read) = boot("snapshot-readback") else {
+        return;
+    };
+    assert_eq!(
+        read.marker_value("VOLT-SNAPWORK-READ ").as_deref(),
+        Some("10"),
+        "the restored guest's disk writes must be on the disk\n--- serial ---\n{}",
+        read.serial
+    );
 }
 
 #[test]
@@ -308,6 +436,53 @@ fn memory_the_guest_frees_goes_back_to_the_host() {
         case.serial,
         case.stderr
     );
+}
+
+#[test]
+#[ignore = "boots real Linux on a real KVM (nested); run with --ignored"]
+fn vsock_carries_data_both_ways_between_a_host_agent_and_the_guest() {
+    if std::env::var("VOLT_E2E_VMM").is_ok_and(|v| v != "volt") {
+        eprintln!("SKIP: the vsock case runs under volt only");
+        return;
+    }
+    let name = "rootfs-cpus1";
+    let Some(case) = boot(name) else { return };
+    let report = || {
+        format!(
+            "--- serial ---\n{}\n--- stderr/host ---\n{}",
+            case.serial, case.stderr
+        )
+    };
+    // Guest -> host: the guest connected to host port 6000 (PATH_6000) and got the answer.
+    assert_serial_contains(name, case, "VOLT-VSOCK-DEVICE");
+    assert_serial_contains(name, case, "VOLT-VSOCK-REPLY hello-from-host");
+    // Host -> guest: CONNECT 5000 reached the guest's listener; echo, round trips, 8 MiB each
+    // way, and QUIT: five streams served.
+    for line in [
+        "HOST-VSOCK-FROM-GUEST hello-from-guest",
+        "HOST-VSOCK-ECHO-OK ping-from-host",
+        "HOST-VSOCK-QUIT-OK",
+        "HOST-VSOCK-ALL-OK",
+    ] {
+        assert!(
+            case.has_host_line(line),
+            "{name}: no {line:?}\n{}",
+            report()
+        );
+    }
+    for prefix in [
+        "HOST-VSOCK-BENCH to_guest bytes=8388608 got=8388608 ",
+        "HOST-VSOCK-BENCH from_guest bytes=8388608 got=8388608 ",
+        "HOST-VSOCK-BENCH rtt64 rounds=500 ",
+    ] {
+        assert!(
+            case.stderr.lines().any(|l| l.starts_with(prefix)),
+            "{name}: no {prefix:?}\n{}",
+            report()
+        );
+    }
+    assert_serial_contains(name, case, "VOLT-VSOCK-SERVED 5");
+    assert_exited_cleanly(name, case);
 }
 
 #[test]

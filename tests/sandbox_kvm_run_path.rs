@@ -60,7 +60,7 @@ fn setup_vcpu(kvm: &Kvm) -> Result<(kvm_ioctls::VmFd, VcpuFd), String> {
     unsafe {
         std::ptr::copy_nonoverlapping(
             GUEST_CODE.as_ptr(),
-            (mem as *mut u8).add(CODE_ADDR as usize),
+            (mem as *mut u8).add(usize::try_from(CODE_ADDR).unwrap()),
             GUEST_CODE.len(),
         )
     };

@@ -150,6 +150,39 @@ fn landlock_allows_only_the_given_disks() {
 }
 
 #[test]
+fn landlock_lets_vsock_reach_unix_listeners_but_create_none() {
+    let Some(abi) = kernel_landlock_abi() else {
+        eprintln!("SKIP: this kernel has no Landlock");
+        return;
+    };
+    eprintln!("kernel Landlock ABI {abi}");
+    let dir = tempfile::tempdir().unwrap();
+    // A host service listening at PATH_P, as vsock's guest-initiated streams expect.
+    let _listener = std::os::unix::net::UnixListener::bind(dir.path().join("v.sock_52")).unwrap();
+    let dir_path = dir.path().to_path_buf();
+    let output = run_isolated(
+        "landlock_lets_vsock_reach_unix_listeners_but_create_none",
+        |cmd| {
+            cmd.env(DIR_ENV, &dir_path);
+        },
+        || {
+            let dir = test_dir();
+            lock_down_process(&SandboxConfig::default(), &[]).map_err(|e| e.to_string())?;
+            check(
+                "connect to PATH_52",
+                std::os::unix::net::UnixStream::connect(dir.join("v.sock_52")),
+            )?;
+            expect_denied(
+                "bind a new socket",
+                std::os::unix::net::UnixListener::bind(dir.join("new.sock")),
+            )?;
+            Ok(())
+        },
+    );
+    assert_child_succeeded(&output);
+}
+
+#[test]
 fn landlock_rejects_a_missing_disk_with_its_name() {
     // The error comes from opening the path, before anything is restricted.
     let err = restrict_filesystem(&[FsAccess {

@@ -2,6 +2,7 @@
 //! environment variable naming the test: the copy applies the filter, exercises system calls and
 //! `_exit`s; the parent checks the exit status or the signal, so the test harness itself is never
 //! filtered.
+#![allow(clippy::cast_possible_truncation)] // test arithmetic on small, known values
 
 mod common;
 
@@ -98,6 +99,16 @@ fn futex_wake(word: &u32) -> libc::c_long {
 fn socket() -> libc::c_long {
     // SAFETY: plain socket creation.
     unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) as libc::c_long }
+}
+
+fn unix_socket(type_: libc::c_int) -> libc::c_long {
+    // SAFETY: plain socket creation.
+    unsafe { libc::socket(libc::AF_UNIX, type_, 0) as libc::c_long }
+}
+
+fn shutdown(fd: i32, how: libc::c_int) -> libc::c_long {
+    // SAFETY: shutdown on a descriptor we own.
+    unsafe { libc::shutdown(fd, how) as libc::c_long }
 }
 
 fn open_read(path: &str) -> libc::c_long {
@@ -238,7 +249,8 @@ fn event_loop_filter_errno_mode_allows_device_io_only() {
             let (rd, wr) = pipe()?;
             // SAFETY: plain epoll instance creation.
             let epoll = ok("epoll_create1", unsafe { libc::epoll_create1(0) }
-                as libc::c_long)? as i32;
+                as libc::c_long)?;
+            let epoll = i32::try_from(epoll).map_err(|e| e.to_string())?;
             let tid = gettid();
             // SAFETY: no arguments.
             let pid = unsafe { libc::getpid() } as libc::c_long;
@@ -263,10 +275,8 @@ fn event_loop_filter_errno_mode_allows_device_io_only() {
             ok("read", read_fd(rd, &mut [0u8; 1]))?;
             let mut events = [libc::epoll_event { events: 0, u64: 0 }; 4];
             // SAFETY: events has room for 4 entries.
-            ok(
-                "epoll_wait",
-                unsafe { libc::epoll_wait(epoll, events.as_mut_ptr(), 4, 0) } as libc::c_long,
-            )?;
+            let ready = unsafe { libc::epoll_wait(epoll, events.as_mut_ptr(), 4, 0) };
+            ok("epoll_wait", libc::c_long::from(ready))?;
             // Allowed ioctl numbers reach the kernel (ENOTTY on a pipe), others do not.
             fails_with("ioctl TCGETS", ioctl(rd, libc::TCGETS), libc::ENOTTY)?;
             fails_with(
@@ -282,6 +292,28 @@ fn event_loop_filter_errno_mode_allows_device_io_only() {
             fails_with("openat", open_read("/etc/hostname"), libc::EPERM)?;
             fails_with("socket", socket(), libc::EPERM)?;
             fails_with("execve", execve_true(), libc::EPERM)?;
+            // vsock: non-blocking close-on-exec AF_UNIX stream sockets only, SHUT_WR only.
+            let flags = libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
+            let unix = ok(
+                "AF_UNIX stream socket",
+                unix_socket(libc::SOCK_STREAM | flags),
+            )? as i32;
+            fails_with(
+                "blocking AF_UNIX socket",
+                unix_socket(libc::SOCK_STREAM),
+                libc::EPERM,
+            )?;
+            fails_with(
+                "AF_UNIX datagram socket",
+                unix_socket(libc::SOCK_DGRAM | flags),
+                libc::EPERM,
+            )?;
+            ok("shutdown SHUT_WR", shutdown(unix, libc::SHUT_WR))?;
+            fails_with(
+                "shutdown SHUT_RD",
+                shutdown(unix, libc::SHUT_RD),
+                libc::EPERM,
+            )?;
             Ok(())
         },
     );
@@ -362,7 +394,7 @@ fn log_mode_lets_unlisted_calls_through() {
             install(ThreadKind::Vcpu, SeccompMode::Log)?;
             let fd = ok("socket under the log action", socket())?;
             // SAFETY: closing the socket we just created.
-            unsafe { libc::close(fd as i32) };
+            unsafe { libc::close(i32::try_from(fd).unwrap_or(-1)) };
             Ok(())
         },
     );
@@ -384,7 +416,7 @@ fn filter_is_per_thread() {
             filtered.join().map_err(|_| "filtered thread panicked")??;
             let fd = ok("socket on an unfiltered thread", socket())?;
             // SAFETY: closing the socket we just created.
-            unsafe { libc::close(fd as i32) };
+            unsafe { libc::close(i32::try_from(fd).unwrap_or(-1)) };
             Ok(())
         },
     );
@@ -467,12 +499,9 @@ fn event_loop_filter_allows_the_rng_and_balloon_calls_only_as_listed() {
                 libc::timerfd_settime(timer, 0, &spec, std::ptr::null_mut())
             }
                 as libc::c_long)?;
-            // SAFETY: as above; creating new timers is not the loop's business.
-            fails_with(
-                "timerfd_create",
-                unsafe { libc::timerfd_create(libc::CLOCK_MONOTONIC, 0) } as libc::c_long,
-                libc::EPERM,
-            )?;
+            // SAFETY: no pointers; creating new timers is not the loop's business.
+            let created = unsafe { libc::timerfd_create(libc::CLOCK_MONOTONIC, 0) };
+            fails_with("timerfd_create", created as libc::c_long, libc::EPERM)?;
             Ok(())
         },
     );

@@ -1,6 +1,7 @@
 //! virtio-balloon through the virtio-mmio transport, driven like a guest driver would, no KVM.
 //! Released pages are checked on the host with mincore(2): the guest memory of these tests is
 //! a real private anonymous mapping, like the VMM's.
+#![allow(clippy::cast_possible_truncation)] // test arithmetic on small, known values
 
 mod common;
 

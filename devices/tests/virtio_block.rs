@@ -1,4 +1,8 @@
 //! virtio-block through the virtio-mmio transport, driven like a guest driver would, no KVM.
+//! Every device test runs once per engine (synchronous and io_uring); io_uring-only tests and
+//! the fallback test follow.
+// Test code: small test values and guest addresses cast on purpose (issue 12 lints).
+#![allow(clippy::cast_possible_truncation)]
 
 mod common;
 
@@ -6,7 +10,7 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 
 use common::*;
-use devices::virtio::{Block, MmioTransport};
+use devices::virtio::{Block, BlockEngine, MmioTransport};
 use devices::BusDevice;
 use vm_memory::{Bytes, GuestAddress};
 
@@ -33,8 +37,9 @@ fn disk(sectors: u64) -> tempfile::NamedTempFile {
     file
 }
 
-fn block_driver(file: &tempfile::NamedTempFile, read_only: bool) -> Driver {
-    let block = Block::new(file.path(), read_only).unwrap();
+fn block_driver(file: &tempfile::NamedTempFile, read_only: bool, engine: BlockEngine) -> Driver {
+    let block = Block::with_engine(file.path(), read_only, engine).unwrap();
+    assert_eq!(block.engine(), engine);
     let mut driver = Driver::new(Box::new(block));
     driver.init(F_VERSION_1 | F_EVENT_IDX | F_BLK_FLUSH | F_BLK_RO, 1, 64);
     driver
@@ -62,15 +67,16 @@ fn request(driver: &mut Driver, request_type: u32, sector: u64, data: Option<Buf
     bufs.push(Buf::w(STATUS, 1));
     let head = driver.add_chain(0, &bufs);
     driver.kick(0);
-    let (id, len) = driver.pop_used(0).expect("request completed");
+    let (id, len) = driver.wait_used(0).expect("request completed");
     assert_eq!(id, u32::from(head));
     (status_byte(driver, STATUS), len)
 }
 
-#[test]
-fn identifies_as_modern_virtio_mmio_block() {
+fn identifies_as_modern_virtio_mmio_block(engine: BlockEngine) {
     let file = disk(DISK_SECTORS);
-    let mut driver = Driver::new(Box::new(Block::new(file.path(), false).unwrap()));
+    let mut driver = Driver::new(Box::new(
+        Block::with_engine(file.path(), false, engine).unwrap(),
+    ));
     assert_eq!(driver.read32(REG_MAGIC), 0x7472_6976);
     assert_eq!(driver.read32(REG_VERSION), 2);
     assert_eq!(driver.read32(REG_DEVICE_ID), 2);
@@ -92,10 +98,9 @@ fn identifies_as_modern_virtio_mmio_block() {
     assert_eq!(driver.transport.device_type(), 2);
 }
 
-#[test]
-fn write_then_read_back_through_the_queue() {
+fn write_then_read_back_through_the_queue(engine: BlockEngine) {
     let file = disk(DISK_SECTORS);
-    let mut driver = block_driver(&file, false);
+    let mut driver = block_driver(&file, false, engine);
     let pattern: Vec<u8> = (0..1024u32).map(|i| (i * 7 + 3) as u8).collect();
     driver
         .mem
@@ -131,7 +136,7 @@ fn write_then_read_back_through_the_queue() {
         ],
     );
     driver.kick(0);
-    assert_eq!(driver.pop_used(0), Some((u32::from(head), 1025)));
+    assert_eq!(driver.wait_used(0), Some((u32::from(head), 1025)));
     assert_eq!(status_byte(&driver, STATUS), S_OK);
     let mut got = vec![0u8; 1024];
     driver
@@ -141,10 +146,9 @@ fn write_then_read_back_through_the_queue() {
     assert_eq!(got, pattern);
 }
 
-#[test]
-fn several_requests_in_one_kick_all_complete() {
+fn several_requests_in_one_kick_all_complete(engine: BlockEngine) {
     let file = disk(DISK_SECTORS);
-    let mut driver = block_driver(&file, false);
+    let mut driver = block_driver(&file, false, engine);
     let mut heads = Vec::new();
     for i in 0..8u64 {
         let hdr = HDR + i * 32;
@@ -160,8 +164,12 @@ fn several_requests_in_one_kick_all_complete() {
         ));
     }
     driver.kick(0);
-    for (i, head) in heads.iter().enumerate() {
-        assert_eq!(driver.pop_used(0), Some((u32::from(*head), 513)));
+    // io_uring may complete them in any order.
+    let mut used: Vec<(u32, u32)> = (0..8).filter_map(|_| driver.wait_used(0)).collect();
+    used.sort_unstable();
+    let expected: Vec<(u32, u32)> = heads.iter().map(|h| (u32::from(*h), 513)).collect();
+    assert_eq!(used, expected);
+    for i in 0..8usize {
         assert_eq!(status_byte(&driver, STATUS + i as u64), S_OK);
         let first: u8 = driver
             .mem
@@ -172,10 +180,9 @@ fn several_requests_in_one_kick_all_complete() {
     assert_eq!(driver.pop_used(0), None);
 }
 
-#[test]
-fn read_only_disk_refuses_writes() {
+fn read_only_disk_refuses_writes(engine: BlockEngine) {
     let file = disk(DISK_SECTORS);
-    let mut driver = block_driver(&file, true);
+    let mut driver = block_driver(&file, true, engine);
     assert_ne!(driver.device_features() & F_BLK_RO, 0);
     driver
         .mem
@@ -192,10 +199,9 @@ fn read_only_disk_refuses_writes() {
     assert_eq!(status, S_OK);
 }
 
-#[test]
-fn out_of_range_requests_fail_without_touching_the_image() {
+fn out_of_range_requests_fail_without_touching_the_image(engine: BlockEngine) {
     let file = disk(DISK_SECTORS);
-    let mut driver = block_driver(&file, false);
+    let mut driver = block_driver(&file, false, engine);
     driver
         .mem
         .write_slice(&[0xaa; 1024], GuestAddress(DATA))
@@ -232,10 +238,9 @@ fn out_of_range_requests_fail_without_touching_the_image() {
     assert_eq!(status, S_OK);
 }
 
-#[test]
-fn malformed_chains_get_an_error_status_or_are_dropped() {
+fn malformed_chains_get_an_error_status_or_are_dropped(engine: BlockEngine) {
     let file = disk(DISK_SECTORS);
-    let mut driver = block_driver(&file, false);
+    let mut driver = block_driver(&file, false, engine);
 
     // Read whose data buffer is device-readable: wrong direction.
     let (status, _) = request(&mut driver, T_IN, 0, Some(Buf::r(DATA, 512)));
@@ -248,13 +253,13 @@ fn malformed_chains_get_an_error_status_or_are_dropped() {
     write_header(&driver, HDR, T_IN, 0);
     driver.add_chain(0, &[Buf::r(HDR, 8), Buf::w(STATUS, 1)]);
     driver.kick(0);
-    assert_eq!(driver.pop_used(0).map(|(_, len)| len), Some(1));
+    assert_eq!(driver.wait_used(0).map(|(_, len)| len), Some(1));
     assert_eq!(status_byte(&driver, STATUS), S_IOERR);
 
     // No writable descriptor at all: no status byte, dropped with used length 0.
     driver.add_chain(0, &[Buf::r(HDR, 16)]);
     driver.kick(0);
-    assert_eq!(driver.pop_used(0).map(|(_, len)| len), Some(0));
+    assert_eq!(driver.wait_used(0).map(|(_, len)| len), Some(0));
 
     // Data buffer outside guest memory: error status, no panic.
     let outside = MEM_SIZE as u64 + 0x1000;
@@ -264,27 +269,25 @@ fn malformed_chains_get_an_error_status_or_are_dropped() {
     // Status descriptor of zero length is no status byte either.
     driver.add_chain(0, &[Buf::r(HDR, 16), Buf::w(STATUS, 0)]);
     driver.kick(0);
-    assert_eq!(driver.pop_used(0).map(|(_, len)| len), Some(0));
+    assert_eq!(driver.wait_used(0).map(|(_, len)| len), Some(0));
 
     // The device still serves good requests afterwards.
     let (status, _) = request(&mut driver, T_IN, 1, Some(Buf::w(DATA, 512)));
     assert_eq!(status, S_OK);
 }
 
-#[test]
-fn impossible_avail_index_stops_the_queue_without_spinning() {
+fn impossible_avail_index_stops_the_queue_without_spinning(engine: BlockEngine) {
     let file = disk(DISK_SECTORS);
-    let mut driver = block_driver(&file, false);
+    let mut driver = block_driver(&file, false, engine);
     // 64-entry queue, driver claims 1000 new buffers.
     driver.queues[0].set_avail_idx(&driver.mem, 1000);
     driver.kick(0);
     assert_eq!(driver.pop_used(0), None);
 }
 
-#[test]
-fn flush_get_id_and_unsupported_types() {
+fn flush_get_id_and_unsupported_types(engine: BlockEngine) {
     let file = disk(DISK_SECTORS);
-    let block = Block::new(file.path(), false).unwrap();
+    let block = Block::with_engine(file.path(), false, engine).unwrap();
     let expected_id = *block.disk_id();
     assert!(expected_id.starts_with(b"volt"));
     let mut driver = Driver::new(Box::new(block));
@@ -303,10 +306,11 @@ fn flush_get_id_and_unsupported_types() {
     assert_eq!(status, S_UNSUPP);
 }
 
-#[test]
-fn feature_negotiation_without_version_1_is_refused() {
+fn feature_negotiation_without_version_1_is_refused(engine: BlockEngine) {
     let file = disk(DISK_SECTORS);
-    let mut driver = Driver::new(Box::new(Block::new(file.path(), false).unwrap()));
+    let mut driver = Driver::new(Box::new(
+        Block::with_engine(file.path(), false, engine).unwrap(),
+    ));
     assert!(
         !driver.negotiate(F_BLK_FLUSH),
         "legacy driver must be refused"
@@ -322,29 +326,30 @@ fn feature_negotiation_without_version_1_is_refused() {
     assert!(driver.negotiate(F_VERSION_1 | F_BLK_FLUSH));
 }
 
-#[test]
-fn unoffered_feature_bits_are_not_acked() {
+fn unoffered_feature_bits_are_not_acked(engine: BlockEngine) {
     let file = disk(DISK_SECTORS);
     // Writable disk: RO is not offered, a driver acking it anyway must not make it read-only
     // or break negotiation.
-    let mut driver = Driver::new(Box::new(Block::new(file.path(), false).unwrap()));
+    let mut driver = Driver::new(Box::new(
+        Block::with_engine(file.path(), false, engine).unwrap(),
+    ));
     assert!(driver.negotiate(F_VERSION_1 | F_BLK_RO | (1 << 40)));
 }
 
-#[test]
-fn queue_notify_write_signals_the_queue_eventfd() {
+fn queue_notify_write_signals_the_queue_eventfd(engine: BlockEngine) {
     let file = disk(DISK_SECTORS);
-    let mut driver = block_driver(&file, false);
+    let mut driver = block_driver(&file, false, engine);
     driver.write32(REG_QUEUE_NOTIFY, 0);
     assert_eq!(driver.transport.queue_events()[0].read().unwrap(), 1);
     assert_eq!(driver.transport.queue_events().len(), 1);
-    assert!(driver.transport.event_sources().is_empty());
+    // io_uring adds its completion eventfd; the synchronous engine has nothing to watch.
+    let sources = usize::from(engine == BlockEngine::Uring);
+    assert_eq!(driver.transport.event_sources().len(), sources);
 }
 
-#[test]
-fn event_idx_suppresses_interrupts_until_used_event() {
+fn event_idx_suppresses_interrupts_until_used_event(engine: BlockEngine) {
     let file = disk(DISK_SECTORS);
-    let mut driver = block_driver(&file, false);
+    let mut driver = block_driver(&file, false, engine);
     // Driver wants an interrupt only after the 3rd completion (used index passes 2).
     driver.queues[0].set_used_event(&driver.mem, 2);
     for expect_irq in [false, false, true] {
@@ -354,10 +359,9 @@ fn event_idx_suppresses_interrupts_until_used_event() {
     }
 }
 
-#[test]
-fn reset_in_the_middle_of_work_drops_queues_and_can_restart() {
+fn reset_in_the_middle_of_work_drops_queues_and_can_restart(engine: BlockEngine) {
     let file = disk(DISK_SECTORS);
-    let mut driver = block_driver(&file, false);
+    let mut driver = block_driver(&file, false, engine);
     driver
         .mem
         .write_slice(&[0x55; 512], GuestAddress(DATA))
@@ -389,10 +393,9 @@ fn reset_in_the_middle_of_work_drops_queues_and_can_restart() {
     assert_eq!(sector, [0x55; 512]);
 }
 
-#[test]
-fn queue_registers_are_frozen_after_driver_ok() {
+fn queue_registers_are_frozen_after_driver_ok(engine: BlockEngine) {
     let file = disk(DISK_SECTORS);
-    let mut driver = block_driver(&file, false);
+    let mut driver = block_driver(&file, false, engine);
     driver.write32(REG_QUEUE_SEL, 0);
     driver.write32(REG_QUEUE_READY, 0);
     assert_eq!(driver.read32(REG_QUEUE_READY), 1);
@@ -400,10 +403,11 @@ fn queue_registers_are_frozen_after_driver_ok() {
     assert_eq!(status, S_OK);
 }
 
-#[test]
-fn activation_with_unready_queue_sets_needs_reset() {
+fn activation_with_unready_queue_sets_needs_reset(engine: BlockEngine) {
     let file = disk(DISK_SECTORS);
-    let mut driver = Driver::new(Box::new(Block::new(file.path(), false).unwrap()));
+    let mut driver = Driver::new(Box::new(
+        Block::with_engine(file.path(), false, engine).unwrap(),
+    ));
     assert!(driver.negotiate(F_VERSION_1));
     driver.write32(
         REG_STATUS,
@@ -416,10 +420,11 @@ fn activation_with_unready_queue_sets_needs_reset() {
     driver.transport.handle_queue_event(0);
 }
 
-#[test]
-fn narrow_register_accesses_are_ignored() {
+fn narrow_register_accesses_are_ignored(engine: BlockEngine) {
     let file = disk(DISK_SECTORS);
-    let mut driver = Driver::new(Box::new(Block::new(file.path(), false).unwrap()));
+    let mut driver = Driver::new(Box::new(
+        Block::with_engine(file.path(), false, engine).unwrap(),
+    ));
     let mut byte = [0xffu8; 1];
     driver.transport.read(REG_MAGIC, &mut byte);
     assert_eq!(byte, [0]);
@@ -428,15 +433,20 @@ fn narrow_register_accesses_are_ignored() {
     assert_eq!(driver.read32(REG_CONFIG_GENERATION), 0);
 }
 
-#[test]
-fn opening_bad_paths_names_the_path() {
+fn opening_bad_paths_names_the_path(engine: BlockEngine) {
     let missing = std::path::Path::new("/nonexistent/volt-disk.img");
-    let err = Block::new(missing, false).err().unwrap().to_string();
+    let err = Block::with_engine(missing, false, engine)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("/nonexistent/volt-disk.img"), "{err}");
     assert!(err.contains("No such file"), "{err}");
 
     let dir = tempfile::tempdir().unwrap();
-    let err = Block::new(dir.path(), true).err().unwrap().to_string();
+    let err = Block::with_engine(dir.path(), true, engine)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains(&dir.path().display().to_string()), "{err}");
     assert!(err.contains("not a regular file"), "{err}");
 
@@ -449,22 +459,362 @@ fn opening_bad_paths_names_the_path() {
     if unsafe { libc::geteuid() } == 0 {
         eprintln!("SKIP: permission-denied case: running as root, which bypasses file modes");
     } else {
-        let err = Block::new(file.path(), false).err().unwrap().to_string();
+        let err = Block::with_engine(file.path(), false, engine)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("Permission denied"), "{err}");
     }
-    assert!(Block::new(file.path(), true).is_ok());
+    assert!(Block::with_engine(file.path(), true, engine).is_ok());
 }
 
-#[test]
-fn transport_rejects_nothing_for_a_plain_device_construction() {
+fn transport_rejects_nothing_for_a_plain_device_construction(engine: BlockEngine) {
     // MmioTransport::new is usable directly with any VirtioDevice.
     let file = disk(DISK_SECTORS);
     let irq = vmm_sys_util::eventfd::EventFd::new(0).unwrap();
     let transport = MmioTransport::new(
-        Box::new(Block::new(file.path(), false).unwrap()),
+        Box::new(Block::with_engine(file.path(), false, engine).unwrap()),
         guest_memory(),
         irq,
     )
     .unwrap();
     assert_eq!(transport.queue_events().len(), 1);
+}
+
+/// Whether io_uring works here; prints a SKIP line for `test` when it does not.
+fn uring_available(test: &str) -> bool {
+    let file = disk(1);
+    match Block::with_engine(file.path(), false, BlockEngine::Uring) {
+        Ok(_) => true,
+        Err(e) => {
+            eprintln!("SKIP: {test} (io_uring engine): {e}");
+            false
+        }
+    }
+}
+
+/// Each device test above, once per engine.
+macro_rules! on_both_engines {
+    ($($name:ident),* $(,)?) => {
+        mod sync_engine {
+            use super::*;
+            $( #[test] fn $name() { super::$name(BlockEngine::Sync) } )*
+        }
+        mod uring_engine {
+            use super::*;
+            $( #[test] fn $name() {
+                if uring_available(stringify!($name)) {
+                    super::$name(BlockEngine::Uring)
+                }
+            } )*
+        }
+    };
+}
+
+on_both_engines!(
+    identifies_as_modern_virtio_mmio_block,
+    write_then_read_back_through_the_queue,
+    several_requests_in_one_kick_all_complete,
+    read_only_disk_refuses_writes,
+    out_of_range_requests_fail_without_touching_the_image,
+    malformed_chains_get_an_error_status_or_are_dropped,
+    impossible_avail_index_stops_the_queue_without_spinning,
+    flush_get_id_and_unsupported_types,
+    feature_negotiation_without_version_1_is_refused,
+    unoffered_feature_bits_are_not_acked,
+    queue_notify_write_signals_the_queue_eventfd,
+    event_idx_suppresses_interrupts_until_used_event,
+    reset_in_the_middle_of_work_drops_queues_and_can_restart,
+    queue_registers_are_frozen_after_driver_ok,
+    activation_with_unready_queue_sets_needs_reset,
+    narrow_register_accesses_are_ignored,
+    opening_bad_paths_names_the_path,
+    transport_rejects_nothing_for_a_plain_device_construction,
+    many_requests_in_flight_beyond_the_ring_size,
+    flush_completes_after_the_writes_before_it,
+    io_errors_fail_only_their_own_request,
+    reads_past_a_shrunken_image_fail_per_request,
+);
+
+/// Collects `n` used elements (any order), serving the device's completions.
+fn wait_all(driver: &mut Driver, n: usize) -> Vec<(u32, u32)> {
+    let used: Vec<(u32, u32)> = (0..n).map_while(|_| driver.wait_used(0)).collect();
+    assert_eq!(
+        used.len(),
+        n,
+        "only {} of {n} requests completed",
+        used.len()
+    );
+    used
+}
+
+/// 200 reads in one kick, more than the io_uring engine keeps in flight
+/// (devices::virtio::URING_IN_FLIGHT = 128): the rest are served as room frees up, each into
+/// its own buffer, with the right data.
+fn many_requests_in_flight_beyond_the_ring_size(engine: BlockEngine) {
+    const N: u64 = 200;
+    let file = disk(DISK_SECTORS);
+    let mut driver = Driver::new(Box::new(
+        Block::with_engine(file.path(), true, engine).unwrap(),
+    ));
+    driver.init(F_VERSION_1 | F_EVENT_IDX | F_INDIRECT_DESC, 1, 256);
+    let table = DATA_START + 0x40_0000;
+    let data = DATA_START + 0x80_0000;
+    let mut heads = std::collections::HashMap::new();
+    for i in 0..N {
+        let hdr = HDR + i * 16;
+        let status = STATUS + 0x1000 + i;
+        let sector = (i * 7) % DISK_SECTORS;
+        write_header(&driver, hdr, T_IN, sector);
+        driver.mem.write_obj(0xffu8, GuestAddress(status)).unwrap();
+        let bufs = [
+            Buf::r(hdr, 16),
+            Buf::w(data + i * 512, 512),
+            Buf::w(status, 1),
+        ];
+        let head = driver.queues[0].add_indirect_chain(&driver.mem, table + i * 64, &bufs);
+        heads.insert(u32::from(head), (i, sector));
+    }
+    driver.kick(0);
+    let used = wait_all(&mut driver, N as usize);
+    let mut seen = std::collections::HashSet::new();
+    for (id, len) in used {
+        assert_eq!(len, 513);
+        let (i, sector) = heads[&id];
+        assert!(seen.insert(i), "request {i} completed twice");
+        assert_eq!(status_byte(&driver, STATUS + 0x1000 + i), S_OK);
+        let mut got = [0u8; 512];
+        driver
+            .mem
+            .read_slice(&mut got, GuestAddress(data + i * 512))
+            .unwrap();
+        let expected: Vec<u8> = (sector * 512..(sector + 1) * 512)
+            .map(|b| (b % 251) as u8)
+            .collect();
+        assert_eq!(got.to_vec(), expected, "request {i} (sector {sector})");
+    }
+    assert_eq!(driver.pop_used(0), None);
+}
+
+/// Writes, then a FLUSH, then reads, all in one kick: the flush is returned after every write
+/// submitted before it and before anything submitted after it.
+fn flush_completes_after_the_writes_before_it(engine: BlockEngine) {
+    let file = disk(DISK_SECTORS);
+    let mut driver = block_driver(&file, false, engine);
+    let mut kinds = std::collections::HashMap::new();
+    for i in 0..12u64 {
+        let hdr = HDR + i * 16;
+        let status = STATUS + i;
+        let buf = DATA + i * 4096;
+        let bufs: Vec<Buf> = match i {
+            0..=7 => {
+                driver
+                    .mem
+                    .write_slice(&[i as u8 + 1; 4096], GuestAddress(buf))
+                    .unwrap();
+                write_header(&driver, hdr, T_OUT, i * 8);
+                vec![Buf::r(hdr, 16), Buf::r(buf, 4096), Buf::w(status, 1)]
+            }
+            8 => {
+                write_header(&driver, hdr, T_FLUSH, 0);
+                vec![Buf::r(hdr, 16), Buf::w(status, 1)]
+            }
+            _ => {
+                write_header(&driver, hdr, T_IN, (i - 9) * 8);
+                vec![Buf::r(hdr, 16), Buf::w(buf, 4096), Buf::w(status, 1)]
+            }
+        };
+        let head = driver.add_chain(0, &bufs);
+        kinds.insert(u32::from(head), i);
+    }
+    driver.kick(0);
+    let order: Vec<u64> = wait_all(&mut driver, 12)
+        .iter()
+        .map(|(id, _)| kinds[id])
+        .collect();
+    let flush_at = order.iter().position(|&i| i == 8).unwrap();
+    assert!(
+        order[..flush_at].iter().all(|&i| i < 8) && order[flush_at + 1..].iter().all(|&i| i > 8),
+        "completion order {order:?}"
+    );
+    for i in 0..12u64 {
+        assert_eq!(status_byte(&driver, STATUS + i), S_OK, "request {i}");
+    }
+    // The reads after the flush see the writes before it.
+    for i in 9..12u64 {
+        let got: u8 = driver.mem.read_obj(GuestAddress(DATA + i * 4096)).unwrap();
+        assert_eq!(got, (i - 9) as u8 + 1);
+    }
+    let mut on_disk = [0u8; 4096];
+    file.as_file()
+        .read_exact_at(&mut on_disk, 7 * 4096)
+        .unwrap();
+    assert_eq!(on_disk, [8u8; 4096]);
+}
+
+/// A disk whose writes fail (the image is open read-only but served read-write): each write
+/// gets IOERR, the reads beside it still succeed, and the image is unchanged.
+fn io_errors_fail_only_their_own_request(engine: BlockEngine) {
+    let file = disk(DISK_SECTORS);
+    let read_only_fd = std::fs::File::open(file.path()).unwrap();
+    let block = Block::from_file(read_only_fd, file.path(), false, engine).unwrap();
+    let mut driver = Driver::new(Box::new(block));
+    driver.init(F_VERSION_1 | F_EVENT_IDX, 1, 64);
+    driver
+        .mem
+        .write_slice(&[0xee; 1024], GuestAddress(DATA))
+        .unwrap();
+    let mut kinds = std::collections::HashMap::new();
+    for i in 0..4u64 {
+        let hdr = HDR + i * 16;
+        let status = STATUS + i;
+        let (kind, data) = if i % 2 == 0 {
+            (T_OUT, Buf::r(DATA, 512))
+        } else {
+            (T_IN, Buf::w(DATA + 0x1000 + i * 512, 512))
+        };
+        write_header(&driver, hdr, kind, i);
+        driver.mem.write_obj(0xffu8, GuestAddress(status)).unwrap();
+        let head = driver.add_chain(0, &[Buf::r(hdr, 16), data, Buf::w(status, 1)]);
+        kinds.insert(u32::from(head), i);
+    }
+    driver.kick(0);
+    for (id, len) in wait_all(&mut driver, 4) {
+        let i = kinds[&id];
+        let expected = if i % 2 == 0 {
+            (S_IOERR, 1)
+        } else {
+            (S_OK, 513)
+        };
+        assert_eq!(
+            (status_byte(&driver, STATUS + i), len),
+            expected,
+            "request {i}"
+        );
+    }
+    let mut sector = [0u8; 512];
+    file.as_file().read_exact_at(&mut sector, 0).unwrap();
+    assert_eq!(sector[1], 1, "image unchanged");
+    let first: u8 = driver
+        .mem
+        .read_obj(GuestAddress(DATA + 0x1000 + 512))
+        .unwrap();
+    assert_eq!(first, (512 % 251) as u8);
+}
+
+/// The image shrinks after the device was built: reads past its new end come back short and
+/// fail with IOERR, one request at a time; reads inside it still work.
+fn reads_past_a_shrunken_image_fail_per_request(engine: BlockEngine) {
+    let file = disk(DISK_SECTORS);
+    let mut driver = block_driver(&file, true, engine);
+    file.as_file().set_len(DISK_SECTORS / 2 * 512).unwrap();
+    let mut kinds = std::collections::HashMap::new();
+    for (i, sector) in [(0u64, DISK_SECTORS - 1), (1, 3), (2, DISK_SECTORS / 2 - 1)] {
+        let hdr = HDR + i * 16;
+        let status = STATUS + i;
+        write_header(&driver, hdr, T_IN, sector);
+        // The last one straddles the new end: half of it is there.
+        let len = if i == 2 { 1024 } else { 512 };
+        let head = driver.add_chain(
+            0,
+            &[
+                Buf::r(hdr, 16),
+                Buf::w(DATA + i * 0x1000, len),
+                Buf::w(status, 1),
+            ],
+        );
+        kinds.insert(u32::from(head), i);
+    }
+    driver.kick(0);
+    for (id, _) in wait_all(&mut driver, 3) {
+        let i = kinds[&id];
+        let expected = if i == 1 { S_OK } else { S_IOERR };
+        assert_eq!(status_byte(&driver, STATUS + i), expected, "request {i}");
+    }
+    assert_eq!(
+        file.as_file().metadata().unwrap().len(),
+        DISK_SECTORS / 2 * 512
+    );
+}
+
+/// Where io_uring cannot be set up (here: a seccomp filter makes io_uring_setup fail with
+/// ENOSYS, as on a kernel without it), `auto` falls back to the synchronous engine and still
+/// serves requests, while an explicit `uring` is a clear error naming the image. Runs in a
+/// child process (this test binary again), since the filter cannot be removed.
+#[test]
+fn auto_falls_back_to_sync_when_io_uring_is_refused() {
+    const CHILD: &str = "VOLT_TEST_URING_REFUSED_CHILD";
+    if std::env::var_os(CHILD).is_none() {
+        let output = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "auto_falls_back_to_sync_when_io_uring_is_refused",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD, "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success() && stdout.contains("URING-REFUSED-CHECKED"),
+            "child failed:\n{stdout}\n{stderr}"
+        );
+        return;
+    }
+    refuse_io_uring_setup();
+    let file = disk(DISK_SECTORS);
+    let err = Block::with_engine(file.path(), false, BlockEngine::Uring)
+        .err()
+        .expect("engine=uring must fail without io_uring")
+        .to_string();
+    assert!(err.contains(&file.path().display().to_string()), "{err}");
+    assert!(err.contains("engine=sync"), "{err}");
+    let block = Block::with_engine(file.path(), false, BlockEngine::Auto).unwrap();
+    assert_eq!(block.engine(), BlockEngine::Sync);
+    let mut driver = Driver::new(Box::new(block));
+    driver.init(F_VERSION_1 | F_EVENT_IDX, 1, 64);
+    assert!(driver.transport.event_sources().is_empty());
+    let (status, len) = request(&mut driver, T_IN, 2, Some(Buf::w(DATA, 512)));
+    assert_eq!((status, len), (S_OK, 513));
+    let first: u8 = driver.mem.read_obj(GuestAddress(DATA)).unwrap();
+    assert_eq!(first, (1024 % 251) as u8);
+    println!("URING-REFUSED-CHECKED");
+}
+
+/// Installs a seccomp filter on this thread: io_uring_setup fails with ENOSYS, all else runs.
+fn refuse_io_uring_setup() {
+    const LD_W_ABS: u16 = 0x20;
+    const JEQ_K: u16 = 0x15;
+    const RET_K: u16 = 0x06;
+    const RET_ERRNO: u32 = 0x0005_0000;
+    const RET_ALLOW: u32 = 0x7fff_0000;
+    let insn = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+    let mut program = [
+        // seccomp_data.nr is at offset 0.
+        insn(LD_W_ABS, 0, 0, 0),
+        insn(JEQ_K, 0, 1, libc::SYS_io_uring_setup as u32),
+        insn(RET_K, 0, 0, RET_ERRNO | libc::ENOSYS as u32),
+        insn(RET_K, 0, 0, RET_ALLOW),
+    ];
+    let fprog = libc::sock_fprog {
+        len: program.len() as u16,
+        filter: program.as_mut_ptr(),
+    };
+    // SAFETY: plain prctl calls; fprog points at a valid program that outlives the call (the
+    // kernel copies it).
+    unsafe {
+        assert_eq!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
+        assert_eq!(
+            libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER,
+                &fprog as *const libc::sock_fprog
+            ),
+            0,
+            "{}",
+            std::io::Error::last_os_error()
+        );
+    }
 }

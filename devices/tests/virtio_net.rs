@@ -126,8 +126,8 @@ fn guest_tx_frame_comes_out_of_the_tap() {
     let head = driver.add_chain(
         TX,
         &[
-            Buf::r(TX_BUF, VNET_HDR as u32),
-            Buf::r(TX_BUF + 0x1000, frame.len() as u32),
+            Buf::r(TX_BUF, u32::try_from(VNET_HDR).unwrap()),
+            Buf::r(TX_BUF + 0x1000, u32::try_from(frame.len()).unwrap()),
         ],
     );
     driver.kick(TX);
@@ -279,7 +279,7 @@ fn reset_then_reinit_still_passes_traffic() {
         .mem
         .write_slice(&bytes, GuestAddress(TX_BUF))
         .unwrap();
-    driver.add_chain(TX, &[Buf::r(TX_BUF, bytes.len() as u32)]);
+    driver.add_chain(TX, &[Buf::r(TX_BUF, u32::try_from(bytes.len()).unwrap())]);
     driver.kick(TX);
     assert!(host
         .recv_matching(Duration::from_secs(2), |f| f == frame.as_slice())

@@ -22,6 +22,9 @@ apt_install "$src_pkg" build-essential bc bison flex libelf-dev libssl-dev cpio 
 
 # The config: everything off, then exactly what a virtio-mmio microVM guest needs.
 # (KEY=y or KEY=n lines; applied with scripts/config, then resolved by olddefconfig.)
+# PCI=y although the guest has no PCI (Volt's command line says pci=off): without it ACPICA has
+# no PCI-config region handler and refuses to load the DSDT ("AE_BAD_PARAMETER, During Region
+# initialization"), so the kernel would find no device through ACPI.
 config_options="
 64BIT=y
 SMP=y
@@ -71,7 +74,7 @@ VIRTIO_BALLOON=y
 PAGE_REPORTING=y
 VSOCKETS=y
 VIRTIO_VSOCKETS=y
-PCI=n
+PCI=y
 ACPI=y
 MODULES=n
 "

@@ -47,6 +47,18 @@ pub enum CpuidError {
     TooManyEntries,
 }
 
+/// CPUID leaf 0xD (XSAVE): subleaf 0 EDX:EAX are the state components XCR0 may enable.
+const LEAF_XSAVE: u32 = 0xd;
+
+/// The XSAVE state components `cpuid` lets the guest enable in XCR0 (x87 at least).
+pub fn xsave_features(cpuid: &CpuId) -> u64 {
+    cpuid
+        .as_slice()
+        .iter()
+        .find(|e| e.function == LEAF_XSAVE && e.index == 0)
+        .map_or(1, |e| u64::from(e.eax) | u64::from(e.edx) << 32 | 1)
+}
+
 /// Number of bits needed to hold values 0..n (ceil(log2 n)); 0 for n <= 1.
 fn bits_for(n: u32) -> u32 {
     if n <= 1 {
@@ -159,8 +171,8 @@ mod tests {
         // Cache leaves: L1d, L1i, L2, L3 (type in [4:0], level in [7:5]), then the terminator.
         let caches = [(1, 1), (2, 1), (3, 2), (3, 3)];
         let mut entries = vec![leaf0, leaf1];
-        for (i, (ty, level)) in caches.iter().enumerate() {
-            let mut e = entry(4, i as u32, sig);
+        for (i, (ty, level)) in (0u32..).zip(caches.iter()) {
+            let mut e = entry(4, i, sig);
             e.eax = 0xfc00_0000 | 0x3ffc000 | (level << 5) | ty;
             e.ebx = 0x01c0_003f;
             entries.push(e);
@@ -251,6 +263,19 @@ mod tests {
         assert_ne!(l1.edx & EDX_HTT, 0);
         assert_eq!(find(&c, 0xb, 1).ebx, 2);
         assert!(!c.as_slice().iter().any(|e| e.function == 4));
+    }
+
+    #[test]
+    fn xsave_features_come_from_leaf_0xd() {
+        let mut xsave = entry(0xd, 0, KVM_CPUID_FLAG_SIGNIFCANT_INDEX);
+        xsave.eax = 0x207; // x87, SSE, AVX, PKRU
+        xsave.edx = 0x1;
+        let mut sub1 = entry(0xd, 1, KVM_CPUID_FLAG_SIGNIFCANT_INDEX);
+        sub1.eax = 0xf;
+        let with = CpuId::from_entries(&[sub1, xsave]).unwrap();
+        assert_eq!(xsave_features(&with), 0x1_0000_0207);
+        let without = CpuId::from_entries(&[entry(1, 0, 0)]).unwrap();
+        assert_eq!(xsave_features(&without), 1, "x87 only");
     }
 
     #[test]

@@ -49,7 +49,7 @@ fn descriptor_base(entry: u64) -> u64 {
 }
 
 fn descriptor_limit(entry: u64) -> u32 {
-    let limit = ((entry & 0xffff) | ((entry >> 32) & 0x000f_0000)) as u32;
+    let limit = super::layout::low_u32((entry & 0xffff) | ((entry >> 32) & 0x000f_0000));
     // With G=1 the limit counts 4 KiB pages.
     if (entry >> 55) & 1 == 1 {
         (limit << 12) | 0xfff

@@ -11,6 +11,8 @@
 //! 0x0009_fc00  EBDA: MP floating pointer + MP configuration table (e820 reserved)
 //! 0x000a_0000  legacy VGA / option ROM hole (never reported as RAM; the MP table runs on
 //!              into it for more than 41 vCPUs)
+//! 0x000e_0000  ACPI tables: RSDP first (Linux scans 0xE0000-0xFFFFF for it), then XSDT, FADT,
+//!              MADT, DSDT (e820 reserved together with the BIOS ROM area)
 //! 0x000f_0000  BIOS ROM area (e820 reserved)
 //! 0x0010_0000  HIMEM: kernel load address; RAM continues up to min(end, MMIO_GAP_START)
 //! 0xc000_0000  32-bit MMIO gap up to 4 GiB: no guest RAM here
@@ -47,6 +49,11 @@ pub const CMDLINE_MAX_SIZE: usize = 2048;
 pub const EBDA_START: u64 = 0x9fc00;
 /// End of base memory (640 KiB); [EBDA_START, EBDA_END) is reserved in the e820 map.
 pub const EBDA_END: u64 = 0xa0000;
+/// Start of the ACPI tables; the RSDP sits here, 16-byte aligned inside the BIOS area that
+/// Linux scans for it. [ACPI_START, HIMEM_START) is reserved in the e820 map.
+pub const ACPI_START: u64 = 0xe0000;
+/// End (exclusive) of the ACPI tables.
+pub const ACPI_END: u64 = BIOS_ROM_START;
 /// Start of the legacy BIOS ROM area, reported as reserved in the e820 map.
 pub const BIOS_ROM_START: u64 = 0xf0000;
 /// Start of high memory (1 MiB): the kernel is loaded here.
@@ -65,6 +72,29 @@ pub const IOAPIC_START: u64 = 0xfec0_0000;
 pub const LAPIC_START: u64 = 0xfee0_0000;
 /// Smallest guest we accept: the boot tables and the kernel at HIMEM need at least 2 MiB.
 pub const MIN_MEM_BYTES: u64 = 2 << 20;
+
+// Volt runs x86-64 guests on x86-64 hosts only: guest sizes and addresses (u64) fit in usize.
+const _: () = assert!(usize::BITS == 64);
+
+/// A constant guest address below 4 GiB as the 32-bit field boot structures store it in;
+/// checked at compile time when used in a `const`.
+#[allow(clippy::cast_possible_truncation)] // asserted to fit just above
+pub const fn addr32(addr: u64) -> u32 {
+    assert!(addr <= u32::MAX as u64, "address above 4 GiB");
+    addr as u32
+}
+
+/// The low 32 bits of `value` (the first half of a split 64-bit boot-protocol field).
+#[allow(clippy::cast_possible_truncation)] // dropping the high half is the point
+pub const fn low_u32(value: u64) -> u32 {
+    value as u32
+}
+
+/// A guest memory size or offset as usize (lossless: see the assertion on usize::BITS).
+#[allow(clippy::cast_possible_truncation)] // usize is 64 bits here
+pub const fn to_usize(value: u64) -> usize {
+    value as usize
+}
 /// Page granularity for guest memory sizes.
 pub const PAGE_SIZE: u64 = 0x1000;
 
@@ -76,7 +106,8 @@ const _: () = {
     assert!(PDPT_START == PML4_START + 0x1000 && PD_START == PDPT_START + 0x1000);
     assert!(PD_START + 0x1000 <= CMDLINE_START);
     assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
-    assert!(EBDA_END <= BIOS_ROM_START && BIOS_ROM_START < HIMEM_START);
+    assert!(EBDA_END <= ACPI_START && ACPI_START < ACPI_END);
+    assert!(ACPI_END <= BIOS_ROM_START && BIOS_ROM_START < HIMEM_START);
     assert!(VIRTIO_MMIO_BASE >= MMIO_GAP_START && IOAPIC_START < LAPIC_START);
     assert!(LAPIC_START < MMIO_GAP_END);
 };
@@ -88,10 +119,10 @@ pub fn guest_ram_ranges(mem_bytes: u64) -> Vec<(GuestAddress, usize)> {
     let high = mem_bytes - low;
     let mut ranges = Vec::with_capacity(2);
     if low > 0 {
-        ranges.push((GuestAddress(0), low as usize));
+        ranges.push((GuestAddress(0), to_usize(low)));
     }
     if high > 0 {
-        ranges.push((GuestAddress(MMIO_GAP_END), high as usize));
+        ranges.push((GuestAddress(MMIO_GAP_END), to_usize(high)));
     }
     ranges
 }
@@ -128,7 +159,7 @@ mod tests {
         );
         assert_eq!(
             guest_ram_ranges(MMIO_GAP_START),
-            vec![(GuestAddress(0), MMIO_GAP_START as usize)]
+            vec![(GuestAddress(0), to_usize(MMIO_GAP_START))]
         );
         assert!(guest_ram_ranges(0).is_empty());
     }

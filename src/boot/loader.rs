@@ -296,7 +296,7 @@ where
     if addr < lowest {
         return Err(too_big);
     }
-    mem.read_exact_volatile_from(GuestAddress(addr), initrd, size as usize)
+    mem.read_exact_volatile_from(GuestAddress(addr), initrd, super::layout::to_usize(size))
         .map_err(|e| LoaderError::Unreadable {
             what: "initrd",
             source: io::Error::other(e),
@@ -403,7 +403,7 @@ pub(crate) mod tests {
     #[test]
     fn loads_a_fake_bzimage_at_himem() {
         let mem = mem(TEST_MEM);
-        let payload: Vec<u8> = (0..0x800u32).map(|i| (i * 7) as u8).collect();
+        let payload: Vec<u8> = (0..0x800u32).map(|i| (i * 7).to_le_bytes()[0]).collect();
         let image = tiny_bzimage(0x20f, XLF_KERNEL_64, &payload);
         let k = load_kernel(&mem, &mut Cursor::new(image)).unwrap();
         assert_eq!(k.entry, GuestAddress(HIMEM_START + 0x200));
@@ -411,7 +411,7 @@ pub(crate) mod tests {
         let hdr = k.setup_header.unwrap();
         assert_eq!({ hdr.header }, 0x5372_6448);
         assert_eq!({ hdr.version }, 0x20f);
-        assert_eq!({ hdr.code32_start }, HIMEM_START as u32);
+        assert_eq!({ hdr.code32_start }, u32::try_from(HIMEM_START).unwrap());
         let mut got = vec![0u8; payload.len()];
         mem.read_slice(&mut got, GuestAddress(HIMEM_START)).unwrap();
         assert_eq!(got, payload);
@@ -499,7 +499,7 @@ pub(crate) mod tests {
     #[test]
     fn initrd_goes_page_aligned_to_the_top() {
         let mem = mem(TEST_MEM);
-        let data: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
+        let data: Vec<u8> = (0..5000u32).map(|i| i.to_le_bytes()[0]).collect();
         let p = load_initrd(&mem, &mut Cursor::new(data.clone()), 0x200000, None).unwrap();
         assert_eq!(p.size, 5000);
         assert_eq!(p.addr.raw_value() % PAGE_SIZE, 0);

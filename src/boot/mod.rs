@@ -4,8 +4,10 @@
 //! zero page go into guest memory together with an MP table, identity page tables and a GDT;
 //! the boot vCPU starts in long mode at the kernel's 64-bit entry with RSI = zero page.
 //! [`load_linux`] does the memory part once per VM, [`configure_vcpu`] the register part per
-//! vCPU. The memory map is in [`layout`].
+//! vCPU. [`write_acpi_tables`] adds the ACPI tables beside the MP table (unless `--acpi off`).
+//! The memory map is in [`layout`].
 
+pub mod acpi;
 pub mod cpuid;
 pub mod gdt;
 pub mod layout;
@@ -21,6 +23,7 @@ use kvm_bindings::{kvm_mp_state, CpuId, KVM_MP_STATE_RUNNABLE};
 use kvm_ioctls::VcpuFd;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
+pub use acpi::{AcpiError, VirtioMmioDevice};
 pub use cpuid::CpuidError;
 pub use layout::{create_guest_memory, guest_ram_ranges};
 pub use loader::LoaderError;
@@ -58,6 +61,8 @@ pub enum BootError {
     #[error(transparent)]
     Cpuid(#[from] CpuidError),
     #[error(transparent)]
+    Acpi(#[from] AcpiError),
+    #[error(transparent)]
     Regs(#[from] RegsError),
     #[error("cannot write the {what} to guest memory (is guest memory large enough?): {source}")]
     Memory {
@@ -92,6 +97,19 @@ pub fn write_boot_tables(mem: &GuestMemoryMmap, num_cpus: u8) -> Result<(), Boot
     gdt::write_gdt(mem).map_err(memory("GDT"))?;
     paging::write_identity_page_tables(mem).map_err(memory("page tables"))?;
     mptable::setup_mptable(mem, num_cpus)?;
+    Ok(())
+}
+
+/// Writes the ACPI tables (RSDP, XSDT, FADT, MADT, DSDT) for `num_cpus` vCPUs and the VM's
+/// virtio-mmio devices. Called once, after [`load_linux`] or [`write_boot_tables`] and before any
+/// vCPU runs.
+pub fn write_acpi_tables(
+    mem: &GuestMemoryMmap,
+    num_cpus: u8,
+    virtio: &[VirtioMmioDevice],
+) -> Result<(), BootError> {
+    check_cpus(num_cpus)?;
+    acpi::setup_acpi(mem, num_cpus, virtio)?;
     Ok(())
 }
 
@@ -154,6 +172,7 @@ pub fn configure_vcpu(
         index,
         source,
     })?;
+    regs::enable_xsave_features(vcpu, cpuid::xsave_features(&cpuid), index);
     regs::setup_lapic_lints(vcpu)?;
     if let Some(start) = start {
         regs::setup_long_mode(vcpu, mem, start.entry, Some(start.boot_params))?;
@@ -218,8 +237,14 @@ mod tests {
 
         let p = zero_page(&mem);
         assert_eq!({ p.hdr.boot_flag }, 0xaa55);
-        assert_eq!({ p.hdr.cmd_line_ptr }, CMDLINE_START as u32);
-        assert_eq!({ p.hdr.cmdline_size }, cmdline.len() as u32 + 1);
+        assert_eq!(
+            { p.hdr.cmd_line_ptr },
+            u32::try_from(CMDLINE_START).unwrap()
+        );
+        assert_eq!(
+            { p.hdr.cmdline_size },
+            u32::try_from(cmdline.len() + 1).unwrap()
+        );
         let (addr, size) = ({ p.hdr.ramdisk_image }, { p.hdr.ramdisk_size });
         assert_eq!(size, 10_000);
         assert_eq!(
@@ -513,7 +538,7 @@ mod tests {
             "BIOS-e820: [mem 0x000000000009fc00-0x000000000009ffff] reserved",
             "BIOS-e820: [mem 0x0000000000100000-0x000000000fffffff] usable",
             "Intel MultiProcessor Specification v1.4",
-            "OEM ID: VOLT",
+            "OEM ID: NOVAFLAR",
             "Brought up 1 node, 2 CPUs",
             "Unable to mount root",
         ] {

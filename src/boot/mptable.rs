@@ -6,22 +6,24 @@
 //! of ISA IRQs 0-15 to I/O APIC pins.
 //!
 //! Up to 41 vCPUs the whole table fits in the reserved EBDA KiB. Larger tables run on into
-//! the legacy VGA/option-ROM hole [0xA0000, 0xF0000), which the e820 map never reports as
-//! RAM, so the guest never reuses it; the table must end before [`BIOS_ROM_START`].
+//! the legacy VGA/option-ROM hole, which the e820 map never reports as RAM, so the guest never
+//! reuses it; the table must end before the ACPI tables at [`ACPI_START`].
 
 use std::mem::size_of;
 
 use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::layout::{BIOS_ROM_START, EBDA_START, IOAPIC_START, LAPIC_START};
+use super::layout::{addr32, low_u32, ACPI_START, EBDA_START, IOAPIC_START, LAPIC_START};
 
 /// Largest vCPU count: APIC ids 0..=253 for CPUs, 254 for the I/O APIC, 255 is broadcast.
 pub const MAX_CPUS: u8 = 254;
 
 const MPC_SPEC_REV: u8 = 4;
 const MP_FEATURE2_IMCR: u8 = 0x80;
-const MPC_OEM_ID: [u8; 8] = *b"VOLT    ";
-const MPC_PRODUCT_ID: [u8; 12] = *b"MICROVM     ";
+/// Linux prints these as `MPTABLE: OEM ID: NOVAFLAR` and `MPTABLE: Product ID: VOLT VM`; the
+/// ACPI tables carry matching ids (see `acpi::OEM_ID`).
+pub const MPC_OEM_ID: [u8; 8] = *b"NOVAFLAR";
+pub const MPC_PRODUCT_ID: [u8; 12] = *b"VOLT VM     ";
 
 const ENTRY_PROCESSOR: u8 = 0;
 const ENTRY_BUS: u8 = 1;
@@ -156,6 +158,12 @@ pub enum MptableError {
     Write(u64),
 }
 
+/// The I/O APIC's id for `num_cpus` vCPUs (whose APIC ids are 0..num_cpus): the first one free.
+/// The ACPI MADT uses the same.
+pub fn ioapic_id(num_cpus: u8) -> u8 {
+    num_cpus
+}
+
 /// Total size in bytes of the floating pointer plus the configuration table for `num_cpus`.
 pub fn mptable_size(num_cpus: u8) -> usize {
     size_of::<MpFloatingPointer>() + config_table_size(num_cpus)
@@ -204,13 +212,13 @@ fn build_mptable(num_cpus: u8, start: u64) -> Vec<u8> {
         bus_type: ISA_BUS_TYPE,
     };
     entries.extend_from_slice(bus.as_slice());
-    let ioapic_id = num_cpus;
+    let ioapic_id = ioapic_id(num_cpus);
     let ioapic = MpIoApic {
         entry_type: ENTRY_IOAPIC,
         apic_id: ioapic_id,
         apic_version: IOAPIC_VERSION,
         flags: IOAPIC_FLAG_ENABLED,
-        apic_addr: IOAPIC_START as u32,
+        apic_addr: const { addr32(IOAPIC_START) },
     };
     entries.extend_from_slice(ioapic.as_slice());
     for irq in 0..ISA_IRQS {
@@ -233,7 +241,8 @@ fn build_mptable(num_cpus: u8, start: u64) -> Vec<u8> {
 
     let mut header = MpConfigHeader {
         signature: *b"PCMP",
-        length: config_table_size(num_cpus) as u16,
+        // At most 44 + 255 * 20 + 20 + 8 + 16 * 8 bytes (num_cpus is a u8): fits in u16.
+        length: u16::try_from(config_table_size(num_cpus)).unwrap_or(u16::MAX),
         spec_rev: MPC_SPEC_REV,
         checksum: 0,
         oem_id: MPC_OEM_ID,
@@ -241,7 +250,7 @@ fn build_mptable(num_cpus: u8, start: u64) -> Vec<u8> {
         oem_table_ptr: 0,
         oem_table_size: 0,
         entry_count: u16::from(num_cpus) + 2 + u16::from(ISA_IRQS),
-        lapic_addr: LAPIC_START as u32,
+        lapic_addr: const { addr32(LAPIC_START) },
         ext_table_length: 0,
         ext_table_checksum: 0,
         reserved: 0,
@@ -251,8 +260,8 @@ fn build_mptable(num_cpus: u8, start: u64) -> Vec<u8> {
 
     let mut floating = MpFloatingPointer {
         signature: *b"_MP_",
-        physptr: config_start as u32,
-        length: 1, // in 16-byte paragraphs
+        physptr: low_u32(config_start), // in the EBDA, below 1 MiB
+        length: 1,                      // in 16-byte paragraphs
         spec_rev: MPC_SPEC_REV,
         checksum: 0,
         feature1: 0, // 0: a configuration table is present
@@ -275,11 +284,11 @@ pub fn setup_mptable(mem: &GuestMemoryMmap, num_cpus: u8) -> Result<(), MptableE
         return Err(MptableError::CpuCount(num_cpus));
     }
     let size = mptable_size(num_cpus);
-    if EBDA_START + size as u64 > BIOS_ROM_START {
+    if EBDA_START + size as u64 > ACPI_START {
         return Err(MptableError::TooBig {
             size,
             start: EBDA_START,
-            limit: BIOS_ROM_START,
+            limit: ACPI_START,
         });
     }
     let table = build_mptable(num_cpus, EBDA_START);
@@ -342,8 +351,8 @@ mod tests {
             assert_eq!(length, mptable_size(cpus) - 16);
             assert_eq!(pcmp.len(), length);
             assert_eq!(pcmp[6], 4, "spec rev");
-            assert_eq!(&pcmp[8..16], b"VOLT    ");
-            assert_eq!(&pcmp[16..28], b"MICROVM     ");
+            assert_eq!(&pcmp[8..16], b"NOVAFLAR");
+            assert_eq!(&pcmp[16..28], b"VOLT VM     ");
             let entry_count = u16::from_le_bytes([pcmp[34], pcmp[35]]);
             assert_eq!(entry_count, u16::from(cpus) + 18);
             let lapic = u32::from_le_bytes(pcmp[36..40].try_into().unwrap());
@@ -387,7 +396,8 @@ mod tests {
         );
         for irq in 0..16usize {
             let e = &t[116 + irq * 8..116 + (irq + 1) * 8];
-            assert_eq!(e, &[3, 0, 0, 0, 0, irq as u8, cpus, irq as u8], "IRQ {irq}");
+            let irq8 = u8::try_from(irq).unwrap();
+            assert_eq!(e, &[3, 0, 0, 0, 0, irq8, cpus, irq8], "IRQ {irq}");
         }
         assert_eq!(116 + 16 * 8, mptable_size(cpus));
     }
@@ -399,11 +409,11 @@ mod tests {
     }
 
     #[test]
-    fn max_cpus_table_stays_below_the_bios_rom() {
+    fn max_cpus_table_stays_below_the_acpi_tables() {
         let mem = mem();
         setup_mptable(&mem, 254).unwrap();
         let t = read_table(&mem, 254);
-        assert!(EBDA_START + t.len() as u64 <= BIOS_ROM_START);
+        assert!(EBDA_START + t.len() as u64 <= ACPI_START);
         // The last processor and the I/O APIC ids.
         let last = 60 + 253 * 20;
         assert_eq!(t[last + 1], 253);

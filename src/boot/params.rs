@@ -5,7 +5,8 @@ use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::layout::{
-    low_ram_end, BIOS_ROM_START, CMDLINE_START, EBDA_END, EBDA_START, HIMEM_START, MMIO_GAP_END,
+    addr32, low_ram_end, low_u32, ACPI_START, CMDLINE_START, EBDA_END, EBDA_START, HIMEM_START,
+    MMIO_GAP_END,
 };
 use super::loader::InitrdPlacement;
 
@@ -44,7 +45,8 @@ pub fn e820_map(mem_bytes: u64) -> Vec<boot_e820_entry> {
         entry(0, EBDA_START, E820_RAM),
         // The MP table lives here (and may run on into the VGA hole, which is left out).
         entry(EBDA_START, EBDA_END, E820_RESERVED),
-        entry(BIOS_ROM_START, HIMEM_START, E820_RESERVED),
+        // The ACPI tables and the BIOS ROM area.
+        entry(ACPI_START, HIMEM_START, E820_RESERVED),
     ];
     if low_end > HIMEM_START {
         map.push(entry(HIMEM_START, low_end, E820_RAM));
@@ -75,16 +77,18 @@ pub fn build_boot_params(config: &BootParamsConfig) -> boot_params {
         ..Default::default()
     };
     params.hdr.type_of_loader = TYPE_OF_LOADER_UNDEFINED;
-    params.hdr.cmd_line_ptr = CMDLINE_START as u32;
-    params.hdr.cmdline_size = config.cmdline_size as u32;
+    params.hdr.cmd_line_ptr = const { addr32(CMDLINE_START) };
+    // At most CMDLINE_MAX_SIZE (2 KiB): load_cmdline refuses longer lines.
+    params.hdr.cmdline_size = u32::try_from(config.cmdline_size).unwrap_or(u32::MAX);
     if let Some(initrd) = config.initrd {
-        params.hdr.ramdisk_image = initrd.addr.0 as u32;
-        params.hdr.ramdisk_size = initrd.size as u32;
-        params.ext_ramdisk_image = (initrd.addr.0 >> 32) as u32;
-        params.ext_ramdisk_size = (initrd.size >> 32) as u32;
+        params.hdr.ramdisk_image = low_u32(initrd.addr.0);
+        params.hdr.ramdisk_size = low_u32(initrd.size);
+        params.ext_ramdisk_image = low_u32(initrd.addr.0 >> 32);
+        params.ext_ramdisk_size = low_u32(initrd.size >> 32);
     }
     let map = e820_map(config.mem_bytes);
-    params.e820_entries = map.len() as u8;
+    // A handful of entries, far below the table's 128 slots.
+    params.e820_entries = u8::try_from(map.len()).unwrap_or(u8::MAX);
     params.e820_table[..map.len()].copy_from_slice(&map);
     params
 }
@@ -147,7 +151,7 @@ mod tests {
             vec![
                 (0, 0x9fc00, E820_RAM),
                 (0x9fc00, 0x400, E820_RESERVED),
-                (0xf0000, 0x10000, E820_RESERVED),
+                (0xe0000, 0x20000, E820_RESERVED),
                 (0x100000, (128 << 20) - 0x100000, E820_RAM),
             ]
         );
@@ -206,7 +210,7 @@ mod tests {
             vec![
                 (0, 0x9fc00, E820_RAM),
                 (0x9fc00, 0x400, E820_RESERVED),
-                (0xf0000, 0x10000, E820_RESERVED),
+                (0xe0000, 0x20000, E820_RESERVED),
                 (0x100000, 0xc000_0000 - 0x100000, E820_RAM),
                 (0x1_0000_0000, (6 << 30) - 0xc000_0000, E820_RAM),
             ]

@@ -64,6 +64,32 @@ fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> RegsError {
     move |source| RegsError::Kvm { what, source }
 }
 
+/// Starts the vCPU with XCR0 holding every XSAVE component its CPUID offers (the value a Linux
+/// guest programs itself during FPU set-up), instead of x87 only as after a hardware reset.
+///
+/// KVM sizes CPUID.0xD.0:EBX (the XSAVE area of the enabled components) from the XCR0 it knows,
+/// and loads that XCR0 on every guest entry. A nested hypervisor that runs the guest's XSETBV
+/// without an exit leaves KVM with the reset value: QEMU's software-emulated AMD SVM (the
+/// nested real-KVM test bed) does that. Linux then found the XSAVE area size inconsistent
+/// ("XSAVE consistency problem: size 2696 != kernel_size 576", a warning dump of ~300 console
+/// lines), and its XCR0 silently fell back to x87 at every exit, so AVX code that ran after an
+/// exit faulted: in the bed, Debian's kernel crashed (triple fault) or stopped in the middle of
+/// that dump in some boots. Firecracker and QEMU microvm show the same warning there; Volt
+/// with this start value shows none ("Enabled xstate features 0x207, context size is 2696
+/// bytes"). Where KVM does see XSETBV nothing changes for the guest once it has set XCR0.
+/// A refusal is logged and the vCPU starts with KVM's default.
+pub fn enable_xsave_features(vcpu: &VcpuFd, features: u64, index: u8) {
+    let mut xcrs = kvm_bindings::kvm_xcrs {
+        nr_xcrs: 1,
+        ..Default::default()
+    };
+    xcrs.xcrs[0].xcr = 0;
+    xcrs.xcrs[0].value = features;
+    if let Err(e) = vcpu.set_xcrs(&xcrs) {
+        log::debug!("vcpu{index}: KVM refused XCR0 = {features:#x}: {e}");
+    }
+}
+
 /// The MSR values a freshly booted kernel expects (the set Firecracker programs).
 pub fn boot_msr_entries() -> Vec<kvm_msr_entry> {
     let msr = |index: u32, data: u64| kvm_msr_entry {
@@ -104,9 +130,10 @@ pub fn setup_long_mode(
 
     let mut sregs = vcpu.get_sregs().map_err(kvm("read sregs"))?;
     sregs.gdt.base = GDT_START;
-    sregs.gdt.limit = (std::mem::size_of_val(&gdt) - 1) as u16;
+    // A 4-entry GDT (31) and a one-entry IDT (7): both limits fit in u16.
+    sregs.gdt.limit = u16::try_from(std::mem::size_of_val(&gdt) - 1).unwrap_or(u16::MAX);
     sregs.idt.base = IDT_START;
-    sregs.idt.limit = (std::mem::size_of::<u64>() - 1) as u16;
+    sregs.idt.limit = u16::try_from(std::mem::size_of::<u64>() - 1).unwrap_or(u16::MAX);
     sregs.cs = code;
     sregs.ds = data;
     sregs.es = data;
@@ -207,7 +234,7 @@ pub(crate) mod tests {
         for (slot, region) in mem.iter().enumerate() {
             let host = mem.get_host_address(region.start_addr()).unwrap();
             let region = kvm_userspace_memory_region {
-                slot: slot as u32,
+                slot: u32::try_from(slot).unwrap(),
                 guest_phys_addr: region.start_addr().0,
                 memory_size: region.len(),
                 userspace_addr: host as u64,
@@ -269,7 +296,13 @@ pub(crate) mod tests {
             (0x3f8, rsi.to_le_bytes().to_vec()),
             (0x3f8, 0x1122_3344u32.to_le_bytes().to_vec()),
             (0x3f8, 0x37fu32.to_le_bytes().to_vec()),
-            (0x3f8, (BOOT_STACK_POINTER as u32).to_le_bytes().to_vec()),
+            (
+                0x3f8,
+                u32::try_from(BOOT_STACK_POINTER)
+                    .unwrap()
+                    .to_le_bytes()
+                    .to_vec(),
+            ),
         ]
     }
 

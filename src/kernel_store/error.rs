@@ -67,6 +67,9 @@ pub enum KernelStoreError {
         source: serde_json::Error,
     },
 
+    #[error("kernel store metadata {path} is invalid: {reason}")]
+    InvalidMetadata { path: PathBuf, reason: String },
+
     #[error("{action} {path}: {source}")]
     Io {
         action: &'static str,

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::durable::write_atomically;
 use super::image::KernelFormat;
+use super::naming::validate_name;
 use super::KernelStoreError;
 
 /// What the store knows about one kernel.
@@ -50,10 +51,47 @@ impl StoreMetadata {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Self::default()),
             Err(e) => return Err(KernelStoreError::io("cannot read", path)(e)),
         };
-        serde_json::from_slice(&bytes).map_err(|source| KernelStoreError::Metadata {
+        Self::parse(&bytes, path)
+    }
+
+    /// Parses and checks the contents of the metadata file `path` (named in errors).
+    ///
+    /// The file is input like any other: every name and image file name must be a valid store
+    /// name (so an image path can never leave `images/`), every digest 64 lowercase hex
+    /// digits, and names unique. Entries are sorted by name, which lookups rely on.
+    pub fn parse(bytes: &[u8], path: &Path) -> Result<Self, KernelStoreError> {
+        let mut metadata: StoreMetadata =
+            serde_json::from_slice(bytes).map_err(|source| KernelStoreError::Metadata {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let invalid = |reason: String| KernelStoreError::InvalidMetadata {
             path: path.to_path_buf(),
-            source,
-        })
+            reason,
+        };
+        for entry in &metadata.kernels {
+            validate_name(&entry.name).map_err(|e| invalid(format!("kernel entry: {e}")))?;
+            validate_name(&entry.file)
+                .map_err(|e| invalid(format!("image file of kernel `{}`: {e}", entry.name)))?;
+            let hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
+            if entry.sha256.len() != 64 || !entry.sha256.bytes().all(hex) {
+                return Err(invalid(format!(
+                    "kernel `{}` has sha256 `{}`, not 64 lowercase hex digits",
+                    entry.name, entry.sha256
+                )));
+            }
+        }
+        metadata.kernels.sort_by(|a, b| a.name.cmp(&b.name));
+        if let Some(pair) = metadata.kernels.windows(2).find(|w| w[0].name == w[1].name) {
+            return Err(invalid(format!(
+                "kernel `{}` is listed twice",
+                pair[0].name
+            )));
+        }
+        if let Some(default) = &metadata.default {
+            validate_name(default).map_err(|e| invalid(format!("default kernel: {e}")))?;
+        }
+        Ok(metadata)
     }
 
     /// Replaces `path` atomically with this metadata.
@@ -160,5 +198,52 @@ mod tests {
         fs::write(&path, b"{not json").unwrap();
         let err = StoreMetadata::load(&path).unwrap_err();
         assert!(err.to_string().contains("kernels.json"), "{err}");
+    }
+
+    fn parse(json: &str) -> Result<StoreMetadata, KernelStoreError> {
+        StoreMetadata::parse(json.as_bytes(), Path::new("kernels.json"))
+    }
+
+    fn entry_json(name: &str, file: &str, sha: &str) -> String {
+        format!(
+            r#"{{"name":"{name}","file":"{file}","format":"elf","version":null,"version_string":null,"size":1,"sha256":"{sha}","added":"x","source":"y"}}"#
+        )
+    }
+
+    #[test]
+    fn metadata_cannot_point_outside_the_images_directory() {
+        let sha = "ab".repeat(32);
+        for file in ["../../etc/passwd", "/etc/passwd", "..", "a/b", ".hidden"] {
+            let json = format!(r#"{{"kernels":[{}]}}"#, entry_json("k", file, &sha));
+            let err = parse(&json).unwrap_err().to_string();
+            assert!(err.contains("image file of kernel `k`"), "{file}: {err}");
+        }
+        let json = format!(r#"{{"kernels":[{}]}}"#, entry_json("../k", "k-1", &sha));
+        assert!(parse(&json).is_err());
+    }
+
+    #[test]
+    fn metadata_digests_and_duplicates_are_checked_and_entries_sorted() {
+        let sha = "ab".repeat(32);
+        let bad = format!(r#"{{"kernels":[{}]}}"#, entry_json("k", "k-1", "AB"));
+        assert!(parse(&bad).unwrap_err().to_string().contains("sha256"));
+        let twice = format!(
+            r#"{{"kernels":[{},{}]}}"#,
+            entry_json("k", "k-1", &sha),
+            entry_json("k", "k-2", &sha)
+        );
+        assert!(parse(&twice)
+            .unwrap_err()
+            .to_string()
+            .contains("listed twice"));
+        let unsorted = format!(
+            r#"{{"default":"b","kernels":[{},{}]}}"#,
+            entry_json("b", "b-1", &sha),
+            entry_json("a", "a-1", &sha)
+        );
+        let metadata = parse(&unsorted).unwrap();
+        let names: Vec<_> = metadata.kernels.iter().map(|k| k.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(metadata.get("b").unwrap().file, "b-1");
     }
 }

@@ -13,7 +13,7 @@
 mod cli;
 mod durable;
 mod error;
-mod image;
+pub mod image;
 mod metadata;
 mod naming;
 mod resolve;

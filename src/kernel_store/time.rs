@@ -29,7 +29,10 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
         (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
     let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
     let shifted_month = (5 * day_of_year + 2) / 153; // 0 = March
+                                                     // 1..=31 and 1..=12 by construction of the algorithm, so the casts below cannot truncate.
+    #[allow(clippy::cast_possible_truncation)]
     let day = (day_of_year - (153 * shifted_month + 2) / 5 + 1) as u32;
+    #[allow(clippy::cast_possible_truncation)]
     let month = if shifted_month < 10 {
         shifted_month + 3
     } else {

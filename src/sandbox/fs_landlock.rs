@@ -5,6 +5,11 @@
 //! writable disk) on the disk image files themselves. TCP bind/connect are handled with no grant,
 //! and abstract UNIX sockets / signals are scoped to the sandbox. The ruleset is best-effort:
 //! an older kernel enforces what it knows and the report says so.
+//!
+//! vsock needs no grant: its listening socket at `PATH` is bound before the ruleset applies
+//! (binding a new socket is then refused, `MakeSock`), and connecting to a pathname socket
+//! (`PATH_P`, for guest-initiated streams) is not a file-system access Landlock handles up to
+//! ABI 6 (`tests/sandbox_landlock.rs` checks both).
 
 use std::fmt;
 use std::path::PathBuf;
@@ -123,6 +128,15 @@ fn rights_for(access: &FsAccess) -> BitFlags<AccessFs> {
 ///
 /// A kernel without Landlock is not an error: the report says `NotEnforced`.
 pub fn restrict_filesystem(allowed: &[FsAccess]) -> Result<LandlockReport, SandboxError> {
+    restrict_filesystem_with_dirs(allowed, &[])
+}
+
+/// [`restrict_filesystem`], plus directories beneath which regular files may be created,
+/// truncated, read and written (the snapshot directory), and nothing else.
+pub fn restrict_filesystem_with_dirs(
+    allowed: &[FsAccess],
+    writable_dirs: &[PathBuf],
+) -> Result<LandlockReport, SandboxError> {
     let mut ruleset = Ruleset::default()
         .set_compatibility(CompatLevel::BestEffort)
         .handle_access(AccessFs::from_all(TARGET_ABI))?
@@ -135,6 +149,15 @@ pub fn restrict_filesystem(allowed: &[FsAccess]) -> Result<LandlockReport, Sandb
             source,
         })?;
         ruleset = ruleset.add_rule(PathBeneath::new(fd, rights_for(access)))?;
+    }
+    for dir in writable_dirs {
+        let fd = PathFd::new(dir).map_err(|source| SandboxError::LandlockPath {
+            path: dir.clone(),
+            source,
+        })?;
+        let rights =
+            AccessFs::ReadFile | AccessFs::WriteFile | AccessFs::MakeReg | AccessFs::Truncate;
+        ruleset = ruleset.add_rule(PathBeneath::new(fd, rights))?;
     }
     let status = ruleset.restrict_self()?;
     Ok(LandlockReport::from_status(&status))

@@ -17,11 +17,14 @@ mod fs_landlock;
 mod process;
 mod seccomp_filters;
 
-pub use fs_landlock::{restrict_filesystem, FsAccess, LandlockEnforcement, LandlockReport};
+pub use fs_landlock::{
+    restrict_filesystem, restrict_filesystem_with_dirs, FsAccess, LandlockEnforcement,
+    LandlockReport,
+};
 pub use process::{close_inherited_fds, set_no_new_privs};
 pub use seccomp_filters::{
-    allowed_syscalls, apply_seccomp, describe_filters, filter_for, AllowedSyscall, ArgRule,
-    SeccompMode, ThreadKind,
+    allowed_syscalls, apply_seccomp, describe_filters, filter_for, set_snapshot_dir_fd,
+    AllowedSyscall, ArgRule, SeccompMode, ThreadKind,
 };
 // Re-exported so callers can hold a filter without naming seccompiler themselves.
 pub use seccompiler::BpfProgram;
@@ -92,6 +95,16 @@ pub fn lock_down_process(
     cfg: &SandboxConfig,
     allowed: &[FsAccess],
 ) -> Result<LandlockReport, SandboxError> {
+    lock_down_process_with_dirs(cfg, allowed, &[])
+}
+
+/// [`lock_down_process`], plus directories in which files may be created and written
+/// (`--snapshot-dir`).
+pub fn lock_down_process_with_dirs(
+    cfg: &SandboxConfig,
+    allowed: &[FsAccess],
+    writable_dirs: &[PathBuf],
+) -> Result<LandlockReport, SandboxError> {
     set_no_new_privs()?;
     if cfg.seccomp == SeccompMode::Off {
         log::warn!("seccomp filters are disabled (--no-seccomp): a compromised thread may make any system call");
@@ -103,7 +116,7 @@ pub fn lock_down_process(
             ..LandlockReport::disabled()
         });
     }
-    let report = restrict_filesystem(allowed)?;
+    let report = restrict_filesystem_with_dirs(allowed, writable_dirs)?;
     match report.enforcement {
         LandlockEnforcement::Full => log::info!("{report}"),
         _ => log::warn!("{report}"),

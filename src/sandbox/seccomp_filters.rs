@@ -121,6 +121,21 @@ pub enum ArgRule {
     /// Argument `arg` is this process's id, read when the filter is built (signals stay inside
     /// the VMM).
     OwnPid { arg: u8 },
+    /// Argument `arg` is the snapshot directory's fd (`--snapshot-dir`), read when the filter
+    /// is built; without a snapshot directory nothing matches.
+    SnapshotDirFd { arg: u8 },
+    /// Every listed 32-bit argument equals its named value (e.g. socket's domain and type).
+    AllEqual {
+        args: &'static [(u8, &'static str, u64)],
+    },
+}
+
+/// The fd of `--snapshot-dir`, if any (set once at start-up, before the filters are built).
+static SNAPSHOT_DIR_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+/// Lets the event loop create files under the directory open at `fd` (snapshots).
+pub fn set_snapshot_dir_fd(fd: i32) {
+    SNAPSHOT_DIR_FD.store(fd, std::sync::atomic::Ordering::Release);
 }
 
 /// One line of an allow-list.
@@ -156,6 +171,32 @@ const fn allow_if(name: &'static str, nr: i64, rule: ArgRule, why: &'static str)
 pub const KVM_RUN: u64 = 0xAE80;
 /// `_IOW('T', 208, unsigned int)`.
 pub const TUNSETOFFLOAD: u64 = 0x4004_54D0;
+
+/// `_IOC(dir, KVMIO, nr, size)` for the KVM requests the snapshot and pause code makes.
+const fn kvm_ioc(dir: u64, nr: u64, size: usize) -> u64 {
+    (dir << 30) | ((size as u64) << 16) | (0xAE << 8) | nr
+}
+const IOR: u64 = 2;
+const IOW: u64 = 1;
+const IOWR: u64 = 3;
+use kvm_bindings as kb;
+use std::mem::size_of;
+/// Pause/resume keep the guest clock: read on pause, written back on resume (event loop).
+pub const KVM_GET_CLOCK: u64 = kvm_ioc(IOR, 0x7c, size_of::<kb::kvm_clock_data>());
+pub const KVM_SET_CLOCK: u64 = kvm_ioc(IOW, 0x7b, size_of::<kb::kvm_clock_data>());
+/// Snapshot of the VM-wide state (event loop).
+pub const KVM_GET_IRQCHIP: u64 = kvm_ioc(IOWR, 0x62, size_of::<kb::kvm_irqchip>());
+pub const KVM_GET_PIT2: u64 = kvm_ioc(IOR, 0x9f, size_of::<kb::kvm_pit_state2>());
+/// Snapshot of a vCPU's state (its own thread, while parked).
+pub const KVM_GET_REGS: u64 = kvm_ioc(IOR, 0x81, size_of::<kb::kvm_regs>());
+pub const KVM_GET_SREGS: u64 = kvm_ioc(IOR, 0x83, size_of::<kb::kvm_sregs>());
+pub const KVM_GET_FPU: u64 = kvm_ioc(IOR, 0x8c, size_of::<kb::kvm_fpu>());
+pub const KVM_GET_XSAVE: u64 = kvm_ioc(IOR, 0xa4, size_of::<kb::kvm_xsave>());
+pub const KVM_GET_XCRS: u64 = kvm_ioc(IOR, 0xa6, size_of::<kb::kvm_xcrs>());
+pub const KVM_GET_LAPIC: u64 = kvm_ioc(IOR, 0x8e, size_of::<kb::kvm_lapic_state>());
+pub const KVM_GET_MSRS: u64 = kvm_ioc(IOWR, 0x88, size_of::<kb::kvm_msrs>());
+pub const KVM_GET_MP_STATE: u64 = kvm_ioc(IOR, 0x98, size_of::<kb::kvm_mp_state>());
+pub const KVM_GET_VCPU_EVENTS: u64 = kvm_ioc(IOR, 0x9f, size_of::<kb::kvm_vcpu_events>());
 // libc's `Ioctl` is c_ulong on glibc but c_int on musl, hence the casts.
 #[allow(clippy::unnecessary_cast)]
 pub const TCGETS: u64 = libc::TCGETS as u64;
@@ -163,6 +204,10 @@ pub const TCGETS: u64 = libc::TCGETS as u64;
 pub const TCSETS: u64 = libc::TCSETS as u64;
 #[allow(clippy::unnecessary_cast)]
 pub const TCSETSW: u64 = libc::TCSETSW as u64;
+
+/// Flags of every vsock socket (`accept4` flags; added to `socket`'s type).
+const VSOCK_SOCK_FLAGS: u64 = (libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) as u64;
+const VSOCK_SOCKET_TYPE: u64 = libc::SOCK_STREAM as u64 | VSOCK_SOCK_FLAGS;
 
 const NO_EXEC: ArgRule = ArgRule::BitsClear {
     arg: 2,
@@ -238,7 +283,7 @@ const COMMON: &[AllowedSyscall] = &[
     allow(
         "write",
         libc::SYS_write,
-        "stderr logging, eventfd signalling",
+        "stderr logging, eventfd signalling, API answers",
     ),
     allow("close", libc::SYS_close, "dropping file descriptors"),
     allow(
@@ -282,9 +327,22 @@ const VCPU: &[AllowedSyscall] = &[
         libc::SYS_ioctl,
         ArgRule::OneOf {
             arg: 1,
-            values: &[("KVM_RUN", KVM_RUN), ("TCGETS", TCGETS)],
+            values: &[
+                ("KVM_RUN", KVM_RUN),
+                ("TCGETS", TCGETS),
+                ("KVM_GET_REGS", KVM_GET_REGS),
+                ("KVM_GET_SREGS", KVM_GET_SREGS),
+                ("KVM_GET_FPU", KVM_GET_FPU),
+                ("KVM_GET_XSAVE", KVM_GET_XSAVE),
+                ("KVM_GET_XCRS", KVM_GET_XCRS),
+                ("KVM_GET_LAPIC", KVM_GET_LAPIC),
+                ("KVM_GET_MSRS", KVM_GET_MSRS),
+                ("KVM_GET_MP_STATE", KVM_GET_MP_STATE),
+                ("KVM_GET_VCPU_EVENTS", KVM_GET_VCPU_EVENTS),
+            ],
         },
-        "run the guest; env_logger asks whether stderr is a terminal on every record",
+        "run the guest; env_logger asks whether stderr is a terminal on every record; \
+         KVM_GET_* read the vCPU's state for a snapshot (only while parked)",
     ),
 ];
 
@@ -293,8 +351,26 @@ const EVENT_LOOP: &[AllowedSyscall] = &[
     FCNTL_GETFD,
     allow("epoll_wait", libc::SYS_epoll_wait, "mio poll"),
     allow("epoll_pwait", libc::SYS_epoll_pwait, "mio poll"),
-    allow("epoll_ctl", libc::SYS_epoll_ctl, "mio (re)registration"),
-    allow("read", libc::SYS_read, "stdin, eventfds, ioeventfds, tap"),
+    allow(
+        "epoll_ctl",
+        libc::SYS_epoll_ctl,
+        "mio (re)registration; vsock adds its streams to its own epoll set",
+    ),
+    allow(
+        "recvfrom",
+        libc::SYS_recvfrom,
+        "API socket: read a request (std reads sockets with recv)",
+    ),
+    allow(
+        "sendto",
+        libc::SYS_sendto,
+        "API socket: write an answer (std writes sockets with send)",
+    ),
+    allow(
+        "read",
+        libc::SYS_read,
+        "stdin, eventfds, ioeventfds, tap, API requests",
+    ),
     allow("readv", libc::SYS_readv, "tap frames into guest buffers"),
     allow(
         "writev",
@@ -308,6 +384,11 @@ const EVENT_LOOP: &[AllowedSyscall] = &[
     allow("lseek", libc::SYS_lseek, "disk image size / position"),
     allow("fsync", libc::SYS_fsync, "virtio-blk flush"),
     allow("fdatasync", libc::SYS_fdatasync, "virtio-blk flush"),
+    allow(
+        "io_uring_enter",
+        libc::SYS_io_uring_enter,
+        "virtio-blk io_uring engine: submit requests, wait for them on reset (ring set up before the filter)",
+    ),
     allow("fstat", libc::SYS_fstat, "disk image size"),
     allow(
         "timerfd_settime",
@@ -324,8 +405,56 @@ const EVENT_LOOP: &[AllowedSyscall] = &[
         },
         "Rust File::metadata on an open fd",
     ),
+    allow_if(
+        "openat",
+        libc::SYS_openat,
+        ArgRule::SnapshotDirFd { arg: 0 },
+        "create snapshot files, only relative to the --snapshot-dir fd (Landlock confines them)",
+    ),
+    allow(
+        "ftruncate",
+        libc::SYS_ftruncate,
+        "size the snapshot memory file (zero pages stay holes)",
+    ),
     GETPID,
     TGKILL_OWN_PROCESS,
+    allow_if(
+        "accept4",
+        libc::SYS_accept4,
+        ArgRule::AllEqual {
+            args: &[(3, "SOCK_NONBLOCK|SOCK_CLOEXEC", VSOCK_SOCK_FLAGS)],
+        },
+        "vsock: host clients connecting to the listener at PATH; the API socket's clients",
+    ),
+    allow_if(
+        "socket",
+        libc::SYS_socket,
+        ArgRule::AllEqual {
+            args: &[
+                (0, "AF_UNIX", libc::AF_UNIX as u64),
+                (
+                    1,
+                    "SOCK_STREAM|SOCK_NONBLOCK|SOCK_CLOEXEC",
+                    VSOCK_SOCKET_TYPE,
+                ),
+            ],
+        },
+        "vsock: a Unix stream socket for a guest connection to host port P",
+    ),
+    allow(
+        "connect",
+        libc::SYS_connect,
+        "vsock: connect that socket to PATH_P (only AF_UNIX sockets can be created)",
+    ),
+    allow_if(
+        "shutdown",
+        libc::SYS_shutdown,
+        ArgRule::OneOf {
+            arg: 1,
+            values: &[("SHUT_WR", libc::SHUT_WR as u64)],
+        },
+        "vsock: the guest shut its sending side, the host peer reads end-of-file",
+    ),
     allow_if(
         "ioctl",
         libc::SYS_ioctl,
@@ -335,9 +464,14 @@ const EVENT_LOOP: &[AllowedSyscall] = &[
                 ("TUNSETOFFLOAD", TUNSETOFFLOAD),
                 ("TCGETS", TCGETS),
                 ("TCSETS", TCSETS),
+                ("KVM_GET_CLOCK", KVM_GET_CLOCK),
+                ("KVM_SET_CLOCK", KVM_SET_CLOCK),
+                ("KVM_GET_IRQCHIP", KVM_GET_IRQCHIP),
+                ("KVM_GET_PIT2", KVM_GET_PIT2),
             ],
         },
-        "tap offloads from virtio-net features, serial console terminal mode",
+        "tap offloads from virtio-net features, serial console terminal mode; \
+         pause/resume keep the KVM clock; snapshots read the interrupt controllers and PIT",
     ),
 ];
 
@@ -418,6 +552,22 @@ fn rule_chain(entry: &AllowedSyscall, own_pid: u64) -> Result<Vec<SeccompRule>, 
             single(condition(arg, SeccompCmpOp::MaskedEq(mask), mask)?)
         }
         ArgRule::OwnPid { arg } => single(condition(arg, SeccompCmpOp::Eq, own_pid)?),
+        ArgRule::SnapshotDirFd { arg } => {
+            let fd = SNAPSHOT_DIR_FD.load(std::sync::atomic::Ordering::Acquire);
+            // The kernel compares the low 32 bits: -1 (no directory) matches no real fd.
+            single(condition(
+                arg,
+                SeccompCmpOp::Eq,
+                u64::from(u32::from_ne_bytes(fd.to_ne_bytes())),
+            )?)
+        }
+        ArgRule::AllEqual { args } => {
+            let conditions = args
+                .iter()
+                .map(|&(arg, _, value)| condition(arg, SeccompCmpOp::Eq, value))
+                .collect::<Result<Vec<_>, _>>()?;
+            SeccompRule::new(conditions).map(|rule| vec![rule])
+        }
     }
 }
 
@@ -469,6 +619,14 @@ fn describe_rule(rule: &ArgRule) -> String {
         ArgRule::BitsClear { arg, mask_name, .. } => format!("arg{arg} without {mask_name}"),
         ArgRule::BitsSet { arg, mask_name, .. } => format!("arg{arg} with {mask_name}"),
         ArgRule::OwnPid { arg } => format!("arg{arg} == own pid"),
+        ArgRule::SnapshotDirFd { arg } => format!("arg{arg} == --snapshot-dir fd"),
+        ArgRule::AllEqual { args } => {
+            let parts: Vec<String> = args
+                .iter()
+                .map(|(arg, name, value)| format!("arg{arg} == {name} ({value:#x})"))
+                .collect();
+            parts.join(", ")
+        }
     }
 }
 
@@ -528,14 +686,38 @@ mod tests {
     }
 
     #[test]
+    fn sockets_only_on_the_event_loop_and_only_unix_streams() {
+        for kind in [ThreadKind::Vcpu, ThreadKind::Main] {
+            for entry in allowed_syscalls(kind) {
+                assert!(
+                    ![libc::SYS_socket, libc::SYS_connect, libc::SYS_accept4].contains(&entry.nr),
+                    "{kind} allows {}",
+                    entry.name
+                );
+            }
+        }
+        let socket = allowed_syscalls(ThreadKind::EventLoop)
+            .into_iter()
+            .find(|e| e.nr == libc::SYS_socket)
+            .expect("vsock needs socket on the event loop");
+        let ArgRule::AllEqual { args } = socket.rule else {
+            panic!("socket must be argument-filtered: {:?}", socket.rule);
+        };
+        assert!(
+            args.contains(&(0, "AF_UNIX", libc::AF_UNIX as u64)),
+            "{args:?}"
+        );
+    }
+
+    #[test]
     fn dangerous_calls_are_never_allowed() {
         let forbidden = [
             libc::SYS_execve,
             libc::SYS_execveat,
             libc::SYS_open,
             libc::SYS_openat,
-            libc::SYS_socket,
-            libc::SYS_connect,
+            libc::SYS_bind,
+            libc::SYS_listen,
             libc::SYS_clone,
             libc::SYS_clone3,
             libc::SYS_fork,
@@ -544,8 +726,12 @@ mod tests {
         ];
         for kind in ThreadKind::ALL {
             for entry in allowed_syscalls(kind) {
+                // Creating snapshot files: only relative to the snapshot directory's fd.
+                let snapshot_create = entry.nr == libc::SYS_openat
+                    && kind == ThreadKind::EventLoop
+                    && entry.rule == (ArgRule::SnapshotDirFd { arg: 0 });
                 assert!(
-                    !forbidden.contains(&entry.nr),
+                    !forbidden.contains(&entry.nr) || snapshot_create,
                     "{kind} allows {}",
                     entry.name
                 );
@@ -561,6 +747,24 @@ mod tests {
         assert_eq!("off".parse::<SeccompMode>().unwrap(), SeccompMode::Off);
         let err = "trap".parse::<SeccompMode>().unwrap_err();
         assert!(err.to_string().contains("`trap`"), "{err}");
+    }
+
+    #[test]
+    fn kvm_state_ioctl_numbers_match_the_kernel_headers() {
+        // Values from <linux/kvm.h> on x86_64.
+        assert_eq!(KVM_GET_CLOCK, 0x8030_AE7C);
+        assert_eq!(KVM_SET_CLOCK, 0x4030_AE7B);
+        assert_eq!(KVM_GET_IRQCHIP, 0xC208_AE62);
+        assert_eq!(KVM_GET_PIT2, 0x8070_AE9F);
+        assert_eq!(KVM_GET_REGS, 0x8090_AE81);
+        assert_eq!(KVM_GET_SREGS, 0x8138_AE83);
+        assert_eq!(KVM_GET_FPU, 0x81A0_AE8C);
+        assert_eq!(KVM_GET_XSAVE, 0x9000_AEA4);
+        assert_eq!(KVM_GET_XCRS, 0x8188_AEA6);
+        assert_eq!(KVM_GET_LAPIC, 0x8400_AE8E);
+        assert_eq!(KVM_GET_MSRS, 0xC008_AE88);
+        assert_eq!(KVM_GET_MP_STATE, 0x8004_AE98);
+        assert_eq!(KVM_GET_VCPU_EVENTS, 0x8040_AE9F);
     }
 
     #[test]

@@ -41,3 +41,19 @@ run_payload() {
     bash "$(nested_run_sh)" "$dir" "${NESTED_MEM_MB:-2048}"
   fi
 }
+
+# find_firecracker [PATH]: the Firecracker binary for side-by-side benchmarks: PATH if given,
+# else anchors/firecracker in the shared dir. On failure prints why (stdout) and returns 1.
+find_firecracker() {
+  local given=${1:-} top d
+  if [ -n "$given" ]; then
+    [ -x "$given" ] && { echo "$given"; return 0; }
+    echo "Firecracker binary $given is missing or not executable"; return 1
+  fi
+  top=$(git -C "$(dirname "${BASH_SOURCE[0]}")" rev-parse --show-toplevel 2>/dev/null || true)
+  for d in ${VOLT_SHARED_DIR:-} "$top/../shared" /work/shared; do
+    [ -n "$d" ] && [ -x "$d/anchors/firecracker" ] && { echo "$d/anchors/firecracker"; return 0; }
+  done
+  echo "no Firecracker binary: pass --firecracker PATH (looked in ../shared/anchors and /work/shared/anchors)"
+  return 1
+}

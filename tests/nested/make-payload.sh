@@ -53,8 +53,18 @@ debian_dir=$("$repo/perf/guest/fetch-debian-kernel.sh")
 cp "$kernel_dir/vmlinux" "$kernel_dir/bzImage" "$out/kernels/"
 cp "$debian_dir/vmlinuz" "$out/kernels/debian-vmlinuz"
 cp "$debian_dir/tun.ko" "$out/"
+# Debian's kernels unmodified, with initramfses of their own virtio modules (ACPI boots), and a
+# small read-only disk whose first line the initramfs reads back.
+debian_cloud_dir=$("$repo/perf/guest/fetch-debian-kernel.sh" cloud-amd64)
+cp "$debian_cloud_dir/vmlinuz" "$out/kernels/debian-cloud-vmlinuz"
+"$repo/perf/guest/build-initramfs.sh" "$debian_dir" "$out/kernels/debian-initramfs.gz" >/dev/null
+"$repo/perf/guest/build-initramfs.sh" "$debian_cloud_dir" "$out/kernels/debian-cloud-initramfs.gz" >/dev/null
+echo "VOLT-ACPI-DISK-OK" > "$out/acpi-disk.img" && truncate -s 64K "$out/acpi-disk.img"
 cp "$rootfs" "$out/rootfs.ext4"
 cp "$here/lib.sh" "$out/lib.sh"
+cp "$here/snapshot.sh" "$out/snapshot.sh"
+# The API client the snapshot cases drive Volt with (the nested guest has no curl).
+gcc -O2 -static -o "$out/bin/apicall" "$here/apicall.c"
 cp "$run_script" "$out/run"
 [ -n "$volt" ] && add_binary "$volt" volt
 set -- "${extra[@]}"
@@ -68,6 +78,8 @@ if [ "$qemu" = 1 ]; then
   cp /usr/share/qemu/qboot.rom /usr/share/qemu/bios-microvm.bin "$out/share/" 2>/dev/null || true
   cp -L /usr/share/qemu/linuxboot_dma.bin "$out/share/" 2>/dev/null || true
 fi
+# The vsock host agent of the e2e vsock case and its benchmark (static, as the payload needs).
+gcc -O2 -static -o "$out/bin/vsockhost" "$repo/perf/vsockhost.c"
 if [ "$bootmeasure" = 1 ]; then
   gcc -O2 -static -o "$out/bin/bootmeasure" "$repo/perf/bootmeasure.c"
 fi

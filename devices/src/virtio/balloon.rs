@@ -325,7 +325,11 @@ impl Balloon {
         // inside the mapping of one guest RAM region, which `mem` keeps alive. Dropping the
         // pages of that private anonymous mapping only makes the guest read zeroes there; no
         // Rust object of the VMM lives in guest RAM.
-        let rc = unsafe { libc::madvise(host.cast(), len as usize, libc::MADV_DONTNEED) };
+        let Ok(host_len) = usize::try_from(len) else {
+            return false;
+        };
+        // SAFETY: as above.
+        let rc = unsafe { libc::madvise(host.cast(), host_len, libc::MADV_DONTNEED) };
         if rc != 0 {
             let errors = self.metrics.release_errors.fetch_add(1, Ordering::Relaxed) + 1;
             if log_allowed(errors) {
@@ -364,7 +368,9 @@ impl Balloon {
             run = match run {
                 // Consecutive in guest memory and (same region) on the host.
                 Some((start, next, len))
-                    if next == gpa && start.wrapping_add(len as usize) == host =>
+                    if next == gpa
+                        && start.wrapping_add(usize::try_from(len).unwrap_or(usize::MAX))
+                            == host =>
                 {
                     Some((start, next + BALLOON_PAGE_SIZE, len + BALLOON_PAGE_SIZE))
                 }

@@ -3,7 +3,7 @@
 use std::io;
 use std::os::unix::io::RawFd;
 
-use log::{debug, warn};
+use crate::{rl_debug, rl_warn};
 use virtio_bindings::virtio_config::{
     VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
     VIRTIO_CONFIG_S_FAILED, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
@@ -16,7 +16,11 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::{
     ActivateError, QueueContext, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
 };
-use crate::BusDevice;
+use crate::{BusDevice, DeviceCounters};
+
+// Save and restore for snapshots.
+mod state;
+pub use state::{QueueSnapshot, TransportSnapshot};
 
 /// "virt" in little endian.
 const MMIO_MAGIC: u32 = 0x7472_6976;
@@ -40,6 +44,7 @@ pub struct MmioTransport {
     interrupt_status: u32,
     config_generation: u32,
     activated: bool,
+    counters: DeviceCounters,
 }
 
 impl MmioTransport {
@@ -75,6 +80,7 @@ impl MmioTransport {
             interrupt_status: 0,
             config_generation: 0,
             activated: false,
+            counters: DeviceCounters::default(),
         })
     }
 
@@ -87,13 +93,14 @@ impl MmioTransport {
     /// Queue `queue_index` was notified: clears its EventFd and processes the queue.
     pub fn handle_queue_event(&mut self, queue_index: usize) {
         let Some(evt) = self.queue_evts.get(queue_index) else {
-            warn!("virtio-mmio: event for nonexistent queue {queue_index}");
+            rl_warn!("virtio-mmio: event for nonexistent queue {queue_index}");
             return;
         };
         // EAGAIN just means the loop called us without a pending kick; process anyway.
         let _ = evt.read();
         if !self.activated {
-            debug!("virtio-mmio: queue {queue_index} notified before DRIVER_OK");
+            self.counters.drops += 1;
+            rl_debug!("virtio-mmio: queue {queue_index} notified before DRIVER_OK");
             return;
         }
         let mut ctx = QueueContext {
@@ -129,6 +136,19 @@ impl MmioTransport {
         self.device.device_type()
     }
 
+    /// The transport's counters: `requests` are register and config-space accesses, `bytes`
+    /// the bytes they moved, `errors` accesses refused (bad size or alignment, unknown
+    /// registers, steps outside the virtio state machine, invalid queue settings, failed
+    /// activations), `drops` queue notifications ignored because the device was not started.
+    pub fn counters(&self) -> DeviceCounters {
+        self.counters
+    }
+
+    /// The wrapped device's own counters, if it keeps any.
+    pub fn device_counters(&self) -> Option<DeviceCounters> {
+        self.device.counters()
+    }
+
     /// Device status register as the driver last set it (plus NEEDS_RESET on failure).
     pub fn status(&self) -> u32 {
         self.status
@@ -143,7 +163,8 @@ impl MmioTransport {
             match queue.needs_notification(&self.mem) {
                 Ok(needed) => notify |= needed,
                 Err(e) => {
-                    warn!("virtio-mmio: cannot read used_event: {e}");
+                    self.counters.errors += 1;
+                    rl_warn!("virtio-mmio: cannot read used_event: {e}");
                     notify = true;
                 }
             }
@@ -156,7 +177,8 @@ impl MmioTransport {
     fn raise_interrupt(&mut self, cause: u32) {
         self.interrupt_status |= cause;
         if let Err(e) = self.irq_evt.write(1) {
-            warn!("virtio-mmio: cannot signal interrupt: {e}");
+            self.counters.errors += 1;
+            rl_warn!("virtio-mmio: cannot signal interrupt: {e}");
         }
     }
 
@@ -198,7 +220,8 @@ impl MmioTransport {
         }
         // The driver may only add bits, one step at a time (virtio 1.x §3.1.1).
         if value & self.status != self.status {
-            warn!(
+            self.counters.errors += 1;
+            rl_warn!(
                 "virtio-mmio: driver cleared status bits {:#x} -> {value:#x}",
                 self.status
             );
@@ -215,7 +238,8 @@ impl MmioTransport {
         if new_bits & VIRTIO_CONFIG_S_FEATURES_OK != 0 && status & VIRTIO_CONFIG_S_DRIVER != 0 {
             if self.acked_features & VIRTIO_F_VERSION_1 == 0 {
                 // Leaving FEATURES_OK clear tells the driver the feature set was refused.
-                warn!(
+                self.counters.errors += 1;
+                rl_warn!(
                     "virtio-mmio: driver did not accept VIRTIO_F_VERSION_1; refusing FEATURES_OK"
                 );
             } else {
@@ -261,7 +285,8 @@ impl MmioTransport {
                 }
             }
             Err(e) => {
-                warn!("virtio-mmio: device activation failed: {e}");
+                self.counters.errors += 1;
+                rl_warn!("virtio-mmio: device activation failed: {e}");
                 self.status |= VIRTIO_CONFIG_S_NEEDS_RESET;
                 self.raise_interrupt(VIRTIO_MMIO_INT_CONFIG);
             }
@@ -275,8 +300,8 @@ impl MmioTransport {
             VIRTIO_MMIO_DEVICE_ID => self.device.device_type(),
             VIRTIO_MMIO_VENDOR_ID => VENDOR_ID,
             VIRTIO_MMIO_DEVICE_FEATURES => match self.device_features_sel {
-                0 => self.device.avail_features() as u32,
-                1 => (self.device.avail_features() >> 32) as u32,
+                0 => super::low_u32(self.device.avail_features()),
+                1 => super::low_u32(self.device.avail_features() >> 32),
                 _ => 0,
             },
             VIRTIO_MMIO_QUEUE_NUM_MAX => {
@@ -289,7 +314,8 @@ impl MmioTransport {
             // No shared memory regions: length all-ones means "absent".
             VIRTIO_MMIO_SHM_LEN_LOW | VIRTIO_MMIO_SHM_LEN_HIGH => u32::MAX,
             _ => {
-                debug!("virtio-mmio: read of unknown/write-only register {offset:#x}");
+                self.counters.errors += 1;
+                rl_debug!("virtio-mmio: read of unknown/write-only register {offset:#x}");
                 0
             }
         }
@@ -312,7 +338,10 @@ impl MmioTransport {
             | VIRTIO_MMIO_QUEUE_AVAIL_HIGH
             | VIRTIO_MMIO_QUEUE_USED_LOW
             | VIRTIO_MMIO_QUEUE_USED_HIGH => self.write_queue_register(offset, value),
-            _ => debug!("virtio-mmio: write of unknown/read-only register {offset:#x}"),
+            _ => {
+                self.counters.errors += 1;
+                rl_debug!("virtio-mmio: write of unknown/read-only register {offset:#x}");
+            }
         }
     }
 
@@ -320,14 +349,16 @@ impl MmioTransport {
         let driver_stage = self.status & VIRTIO_CONFIG_S_DRIVER != 0
             && self.status & VIRTIO_CONFIG_S_FEATURES_OK == 0;
         if !driver_stage {
-            warn!("virtio-mmio: driver features written outside feature negotiation");
+            self.counters.errors += 1;
+            rl_warn!("virtio-mmio: driver features written outside feature negotiation");
             return;
         }
         let shift = match self.driver_features_sel {
             0 => 0,
             1 => 32,
             sel => {
-                debug!("virtio-mmio: driver features select {sel} ignored");
+                self.counters.errors += 1;
+                rl_debug!("virtio-mmio: driver features select {sel} ignored");
                 return;
             }
         };
@@ -335,7 +366,8 @@ impl MmioTransport {
         let mask = 0xffff_ffffu64 << shift;
         let requested = u64::from(value) << shift;
         if requested & !offered != 0 {
-            warn!(
+            self.counters.errors += 1;
+            rl_warn!(
                 "virtio-mmio: driver acked unoffered features {:#x}; ignoring them",
                 requested & !offered
             );
@@ -345,17 +377,25 @@ impl MmioTransport {
 
     fn write_queue_register(&mut self, offset: u32, value: u32) {
         if !self.queue_config_allowed() {
-            warn!("virtio-mmio: queue register {offset:#x} written outside queue setup");
+            self.counters.errors += 1;
+            rl_warn!("virtio-mmio: queue register {offset:#x} written outside queue setup");
             return;
         }
         let Some(queue) = self.selected_queue() else {
-            warn!("virtio-mmio: queue register {offset:#x} written for nonexistent queue");
+            self.counters.errors += 1;
+            rl_warn!("virtio-mmio: queue register {offset:#x} written for nonexistent queue");
             return;
         };
+        let mut invalid = false;
         match offset {
             VIRTIO_MMIO_QUEUE_NUM => {
-                if let Err(e) = queue.try_set_size(value as u16) {
-                    warn!("virtio-mmio: invalid queue size {value}: {e}");
+                let size = u16::try_from(value);
+                if let Err(e) = size
+                    .map_err(|e| e.to_string())
+                    .and_then(|size| queue.try_set_size(size).map_err(|e| e.to_string()))
+                {
+                    invalid = true;
+                    rl_warn!("virtio-mmio: invalid queue size {value}: {e}");
                 }
             }
             VIRTIO_MMIO_QUEUE_READY => queue.set_ready(value == 1),
@@ -367,6 +407,9 @@ impl MmioTransport {
             VIRTIO_MMIO_QUEUE_USED_HIGH => queue.set_used_ring_address(None, Some(value)),
             _ => unreachable!("only queue registers are dispatched here"),
         }
+        if invalid {
+            self.counters.errors += 1;
+        }
     }
 
     /// QueueNotify without an ioeventfd: signal the same EventFd the ioeventfd would.
@@ -374,50 +417,64 @@ impl MmioTransport {
         match self.queue_evts.get(value as usize) {
             Some(evt) => {
                 if let Err(e) = evt.write(1) {
-                    warn!("virtio-mmio: cannot signal queue {value}: {e}");
+                    self.counters.errors += 1;
+                    rl_warn!("virtio-mmio: cannot signal queue {value}: {e}");
                 }
             }
-            None => warn!("virtio-mmio: notify for nonexistent queue {value}"),
+            None => {
+                self.counters.errors += 1;
+                rl_warn!("virtio-mmio: notify for nonexistent queue {value}");
+            }
         }
     }
 }
 
 impl BusDevice for MmioTransport {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
+        self.counters.requests += 1;
+        self.counters.bytes += data.len() as u64;
         if offset >= u64::from(VIRTIO_MMIO_CONFIG) {
             self.device
                 .read_config(offset - u64::from(VIRTIO_MMIO_CONFIG), data);
             return;
         }
         if data.len() != 4 || offset % 4 != 0 {
-            warn!(
+            self.counters.errors += 1;
+            rl_warn!(
                 "virtio-mmio: {}-byte register read at {offset:#x} ignored",
                 data.len()
             );
             data.fill(0);
             return;
         }
-        let value = self.read_register(offset as u32);
+        // Below VIRTIO_MMIO_CONFIG (checked above), so it fits.
+        let value = self.read_register(u32::try_from(offset).unwrap_or(u32::MAX));
         data.copy_from_slice(&value.to_le_bytes());
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
+        self.counters.requests += 1;
+        self.counters.bytes += data.len() as u64;
         if offset >= u64::from(VIRTIO_MMIO_CONFIG) {
             self.device
                 .write_config(offset - u64::from(VIRTIO_MMIO_CONFIG), data);
             return;
         }
         let Ok(bytes) = <[u8; 4]>::try_from(data) else {
-            warn!(
+            self.counters.errors += 1;
+            rl_warn!(
                 "virtio-mmio: {}-byte register write at {offset:#x} ignored",
                 data.len()
             );
             return;
         };
         if offset % 4 != 0 {
-            warn!("virtio-mmio: unaligned register write at {offset:#x} ignored");
+            self.counters.errors += 1;
+            rl_warn!("virtio-mmio: unaligned register write at {offset:#x} ignored");
             return;
         }
-        self.write_register(offset as u32, u32::from_le_bytes(bytes));
+        // Below VIRTIO_MMIO_CONFIG (checked above), so it fits.
+        let offset = u32::try_from(offset).unwrap_or(u32::MAX);
+        self.write_register(offset, u32::from_le_bytes(bytes));
     }
 }

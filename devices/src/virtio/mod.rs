@@ -13,12 +13,17 @@
 //! the KVM irqfd of the device's interrupt line.
 
 mod balloon;
+// Every cast in block/ is bounded: virtio status constants (0-2) to u8, iovec and in-flight
+// counts (at most the queue size, 256) to u32/c_int, data lengths built from u32 descriptor
+// lengths, and ring slots that came from a usize.
+#[allow(clippy::cast_possible_truncation)]
 mod block;
 mod mmio;
 mod net;
 mod rng;
 mod tap;
 mod timer;
+mod vsock;
 
 use std::os::unix::io::RawFd;
 
@@ -27,11 +32,16 @@ use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 pub use balloon::{Balloon, BalloonConfig, BalloonMetrics, BALLOON_STATS_TAGS};
-pub use block::{Block, BlockError};
-pub use mmio::MmioTransport;
+pub use block::{Block, BlockEngine, BlockError, URING_IN_FLIGHT};
+pub use mmio::{MmioTransport, QueueSnapshot, TransportSnapshot};
 pub use net::{Net, NetError};
 pub use rng::{Rng, RngConfig, RngMetrics, MAX_REQUEST_BYTES as RNG_MAX_REQUEST_BYTES};
 pub use tap::{Tap, TapError};
+pub use vsock::{
+    Vsock, VsockCounters, VsockError, VsockMetrics, CONN_BUF_ALLOC as VSOCK_CONN_BUF_ALLOC,
+    MAX_CONNECTIONS as VSOCK_MAX_CONNECTIONS, MAX_GUEST_CID as VSOCK_MAX_GUEST_CID,
+    MIN_GUEST_CID as VSOCK_MIN_GUEST_CID, VIRTIO_ID_VSOCK,
+};
 
 /// Feature bit: the device complies with virtio 1.x (mandatory for this transport).
 pub const VIRTIO_F_VERSION_1: u64 = 1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
@@ -84,7 +94,7 @@ pub trait VirtioDevice: Send {
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// Driver writes to config space; ignored by default (block and net have none writable).
     fn write_config(&mut self, offset: u64, data: &[u8]) {
-        log::warn!(
+        crate::rl_warn!(
             "virtio: ignored {}-byte config write at {offset:#x}",
             data.len()
         );
@@ -107,6 +117,21 @@ pub trait VirtioDevice: Send {
     }
     /// The driver reset the device: drop all in-flight state and negotiated features.
     fn reset(&mut self);
+    /// Finishes all work the host side has in flight (e.g. io_uring requests) so that the
+    /// queues alone describe the device, before a snapshot. True if buffers were used.
+    fn quiesce(&mut self, _ctx: &mut QueueContext) -> bool {
+        false
+    }
+    /// The device's counters (requests, bytes, errors, drops), if it keeps any.
+    fn counters(&self) -> Option<crate::DeviceCounters> {
+        None
+    }
+}
+
+/// The low 32 bits of `value` (feature words, split addresses).
+#[allow(clippy::cast_possible_truncation)] // dropping the high half is the point
+pub(crate) fn low_u32(value: u64) -> u32 {
+    value as u32
 }
 
 /// Whether the `count`-th occurrence of a guest-triggerable problem should be logged: the
@@ -158,12 +183,12 @@ pub(crate) fn next_chain<'m>(
                 Ok(true) => continue,
                 Ok(false) => return None,
                 Err(e) => {
-                    log::warn!("{what}: cannot enable notifications: {e}");
+                    crate::rl_warn!("{what}: cannot enable notifications: {e}");
                     return None;
                 }
             },
             Err(e) => {
-                log::warn!("{what}: broken available ring, queue stopped: {e}");
+                crate::rl_warn!("{what}: broken available ring, queue stopped: {e}");
                 return None;
             }
         }

@@ -3,7 +3,7 @@
 use std::io::{self, Read, Write};
 use std::os::unix::io::{AsRawFd, RawFd};
 
-use log::{debug, warn};
+use crate::{rl_debug, rl_warn, DeviceCounters};
 use thiserror::Error;
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 use virtio_bindings::virtio_net::*;
@@ -41,6 +41,10 @@ pub enum NetError {
 }
 
 /// A virtio-net device.
+///
+/// Counters: `requests` are frames (TX chains and RX frames from the tap), `bytes` the bytes
+/// of the frames delivered either way (virtio-net header included), `errors` malformed
+/// chains and failed tap or ring operations, `drops` frames that were not delivered.
 pub struct Net {
     tap: Tap,
     mac: [u8; 6],
@@ -50,6 +54,7 @@ pub struct Net {
     tx_frame: Vec<u8>,
     /// The tap refused a TX frame with EAGAIN; retry when it becomes writable.
     tx_blocked: bool,
+    counters: DeviceCounters,
 }
 
 impl Net {
@@ -62,9 +67,15 @@ impl Net {
             None => random_mac().map_err(NetError::RandomMac)?,
         };
         let tap = Tap::open(tap_name)?;
+        Ok(Self::with_tap(tap, mac))
+    }
+
+    /// A device on an already open [`Tap`] (see [`Tap::from_file`] for a test backend).
+    pub fn with_tap(tap: Tap, mac: [u8; 6]) -> Net {
         let mut config = [0u8; 8];
         config[..6].copy_from_slice(&mac);
-        config[6..8].copy_from_slice(&(VIRTIO_NET_S_LINK_UP as u16).to_le_bytes());
+        // The le16 status field: the low two bytes of the (small) constant.
+        config[6..8].copy_from_slice(&VIRTIO_NET_S_LINK_UP.to_le_bytes()[..2]);
         let avail_features = VIRTIO_F_VERSION_1
             | VIRTIO_RING_F_EVENT_IDX
             | VIRTIO_RING_F_INDIRECT_DESC
@@ -80,7 +91,7 @@ impl Net {
             ]
             .iter()
             .fold(0u64, |acc, bit| acc | (1u64 << bit));
-        Ok(Net {
+        Net {
             tap,
             mac,
             config,
@@ -88,7 +99,8 @@ impl Net {
             rx_frame: vec![0; MAX_FRAME_LEN],
             tx_frame: vec![0; MAX_FRAME_LEN],
             tx_blocked: false,
-        })
+            counters: DeviceCounters::default(),
+        }
     }
 
     /// The guest's MAC address.
@@ -110,7 +122,8 @@ impl Net {
                 Ok(len) => len,
                 Err(e) => {
                     if e.kind() != io::ErrorKind::WouldBlock {
-                        warn!("virtio-net: tap read failed: {e}");
+                        self.counters.errors += 1;
+                        rl_warn!("virtio-net: tap read failed: {e}");
                     }
                     // Give the buffer back; the next tap edge or RX kick resumes.
                     queue.go_to_previous_position();
@@ -118,9 +131,16 @@ impl Net {
                 }
             };
             let head = chain.head_index();
+            self.counters.requests += 1;
             let used_len = self.deliver_rx_frame(len, Writer::new(mem, chain));
+            if used_len == 0 {
+                self.counters.drops += 1;
+            } else {
+                self.counters.bytes += u64::from(used_len);
+            }
             if let Err(e) = queue.add_used(mem, head, used_len) {
-                warn!("virtio-net: cannot add used RX buffer: {e}");
+                self.counters.errors += 1;
+                rl_warn!("virtio-net: cannot add used RX buffer: {e}");
             }
             used_any = true;
         }
@@ -130,7 +150,7 @@ impl Net {
     /// Copies the frame in `rx_frame[..len]` into the guest buffer; returns the used length.
     fn deliver_rx_frame(&mut self, len: usize, writer: Result<Writer, virtio_queue::Error>) -> u32 {
         if len < VNET_HDR_LEN {
-            warn!("virtio-net: tap returned a {len}-byte frame without header; dropped");
+            rl_warn!("virtio-net: tap returned a {len}-byte frame without header; dropped");
             return 0;
         }
         // Without VIRTIO_NET_F_MRG_RXBUF a frame always takes exactly one buffer.
@@ -139,22 +159,25 @@ impl Net {
         match writer {
             Ok(mut writer) if writer.available_bytes() >= len => {
                 match writer.write_all(&self.rx_frame[..len]) {
-                    Ok(()) => len as u32,
+                    // len <= MAX_FRAME_LEN (the size of rx_frame), far below u32::MAX.
+                    Ok(()) => u32::try_from(len).unwrap_or(u32::MAX),
                     Err(e) => {
-                        warn!("virtio-net: cannot write RX frame to guest: {e}");
+                        self.counters.errors += 1;
+                        rl_warn!("virtio-net: cannot write RX frame to guest: {e}");
                         0
                     }
                 }
             }
             Ok(writer) => {
-                warn!(
+                rl_warn!(
                     "virtio-net: guest RX buffer of {} bytes too small for a {len}-byte frame; frame dropped",
                     writer.available_bytes()
                 );
                 0
             }
             Err(e) => {
-                warn!("virtio-net: unusable guest RX buffer: {e}");
+                self.counters.errors += 1;
+                rl_warn!("virtio-net: unusable guest RX buffer: {e}");
                 0
             }
         }
@@ -165,20 +188,29 @@ impl Net {
         let mut used_any = false;
         while let Some(chain) = next_chain(queue, mem, "virtio-net TX") {
             let head = chain.head_index();
+            self.counters.requests += 1;
             if let Some(len) = self.gather_tx_frame(Reader::new(mem, chain)) {
                 match self.tap.write(&self.tx_frame[..len]) {
-                    Ok(_) => {}
+                    Ok(_) => self.counters.bytes += len as u64,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         // Keep the frame in the ring and retry when the tap is writable.
                         queue.go_to_previous_position();
+                        self.counters.requests -= 1; // counted again on the retry
                         self.tx_blocked = true;
                         return used_any;
                     }
-                    Err(e) => warn!("virtio-net: tap write failed, frame dropped: {e}"),
+                    Err(e) => {
+                        self.counters.errors += 1;
+                        self.counters.drops += 1;
+                        rl_warn!("virtio-net: tap write failed, frame dropped: {e}");
+                    }
                 }
+            } else {
+                self.counters.drops += 1;
             }
             if let Err(e) = queue.add_used(mem, head, 0) {
-                warn!("virtio-net: cannot add used TX buffer: {e}");
+                self.counters.errors += 1;
+                rl_warn!("virtio-net: cannot add used TX buffer: {e}");
             }
             used_any = true;
         }
@@ -191,16 +223,22 @@ impl Net {
         let mut reader = match reader {
             Ok(reader) => reader,
             Err(e) => {
-                warn!("virtio-net: unusable guest TX buffer: {e}");
+                self.counters.errors += 1;
+                rl_warn!("virtio-net: unusable guest TX buffer: {e}");
                 return None;
             }
         };
         let len = reader.available_bytes();
         if !(VNET_HDR_LEN..=MAX_FRAME_LEN).contains(&len) {
-            warn!("virtio-net: TX frame of {len} bytes (with header) dropped");
+            self.counters.errors += 1;
+            rl_warn!("virtio-net: TX frame of {len} bytes (with header) dropped");
             return None;
         }
-        reader.read_exact(&mut self.tx_frame[..len]).ok()?;
+        if let Err(e) = reader.read_exact(&mut self.tx_frame[..len]) {
+            self.counters.errors += 1;
+            rl_warn!("virtio-net: cannot read TX frame from guest: {e}");
+            return None;
+        }
         Some(len)
     }
 
@@ -244,7 +282,7 @@ impl VirtioDevice for Net {
         // The guest must be able to take whatever offloaded frames the tap hands over.
         let flags = Self::offload_flags(acked_features);
         if let Err(e) = self.tap.set_offload(flags) {
-            warn!(
+            rl_warn!(
                 "virtio-net: TUNSETOFFLOAD {flags:#x} on {} failed, continuing without: {e}",
                 self.tap.name()
             );
@@ -279,10 +317,14 @@ impl VirtioDevice for Net {
         used_any
     }
 
+    fn counters(&self) -> Option<DeviceCounters> {
+        Some(self.counters)
+    }
+
     fn reset(&mut self) {
         self.tx_blocked = false;
         if let Err(e) = self.tap.set_offload(0) {
-            debug!("virtio-net: clearing tap offloads failed: {e}");
+            rl_debug!("virtio-net: clearing tap offloads failed: {e}");
         }
     }
 }

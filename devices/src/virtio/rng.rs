@@ -167,7 +167,7 @@ impl Rng {
             let written = self.fill(chain, mem, budget);
             self.bucket.tokens -= written;
             // `written` is at most MAX_REQUEST_BYTES, which fits u32.
-            if let Err(e) = queue.add_used(mem, head, written as u32) {
+            if let Err(e) = queue.add_used(mem, head, u32::try_from(written).unwrap_or(u32::MAX)) {
                 warn!("virtio-rng: cannot add used buffer: {e}");
             }
             self.metrics.requests.fetch_add(1, Ordering::Relaxed);
@@ -194,9 +194,9 @@ impl Rng {
             let mut offset = 0u64;
             let len = u64::from(desc.len());
             while offset < len && written < budget {
-                let n = (len - offset)
-                    .min(budget - written)
-                    .min(SCRATCH_BYTES as u64) as usize;
+                let n = usize::try_from((len - offset).min(budget - written))
+                    .unwrap_or(SCRATCH_BYTES)
+                    .min(SCRATCH_BYTES);
                 let buf = &mut self.scratch[..n];
                 if let Err(e) = getrandom(buf) {
                     self.count_error(&format!("getrandom failed: {e}"));

@@ -22,10 +22,11 @@ impl DeviceTimer {
         let fd = TimerFd::new().map_err(io::Error::from)?;
         // SAFETY: F_GETFL/F_SETFL on a descriptor we own; no memory is passed.
         let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+        if flags < 0 {
+            return Err(io::Error::last_os_error());
+        }
         // SAFETY: as above.
-        if flags < 0
-            || unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0
-        {
+        if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
             return Err(io::Error::last_os_error());
         }
         Ok(DeviceTimer { fd, armed: false })

@@ -1,7 +1,9 @@
 //! Driver-side test helpers: a guest virtio driver that programs `MmioTransport` through its
 //! registers and builds split virtqueues in guest memory, plus host-side tap helpers.
 //! Shared by the integration tests and the bench example.
-#![allow(dead_code)]
+// A test driver: it splits addresses into 32-bit register halves and builds small test values
+// on purpose, so truncating casts are intended here.
+#![allow(dead_code, clippy::cast_possible_truncation)]
 
 use std::fs::OpenOptions;
 use std::io;
@@ -52,6 +54,8 @@ pub const F_EVENT_IDX: u64 = 1 << 29;
 
 pub const VRING_DESC_F_NEXT: u16 = 1;
 pub const VRING_DESC_F_WRITE: u16 = 2;
+pub const VRING_DESC_F_INDIRECT: u16 = 4;
+pub const F_INDIRECT_DESC: u64 = 1 << 28;
 
 /// One buffer of a descriptor chain: guest address, length, device-writable?
 #[derive(Clone, Copy, Debug)]
@@ -133,6 +137,42 @@ impl DriverQueue {
         mem.write_obj(self.avail_idx, GuestAddress(self.avail + 2))
             .unwrap();
         ids[0]
+    }
+
+    /// Like [`DriverQueue::add_chain`], but the buffers go in an indirect descriptor table
+    /// written at `table` (VIRTIO_RING_F_INDIRECT_DESC): the chain takes one ring descriptor.
+    pub fn add_indirect_chain(&mut self, mem: &GuestMemoryMmap, table: u64, bufs: &[Buf]) -> u16 {
+        assert!(!bufs.is_empty());
+        for (i, buf) in bufs.iter().enumerate() {
+            let mut flags = if buf.writable { VRING_DESC_F_WRITE } else { 0 };
+            let next = if i + 1 < bufs.len() {
+                flags |= VRING_DESC_F_NEXT;
+                i as u16 + 1
+            } else {
+                0
+            };
+            let addr = GuestAddress(table + i as u64 * 16);
+            mem.write_obj(buf.addr, addr).unwrap();
+            mem.write_obj(buf.len, GuestAddress(addr.0 + 8)).unwrap();
+            mem.write_obj(flags, GuestAddress(addr.0 + 12)).unwrap();
+            mem.write_obj(next, GuestAddress(addr.0 + 14)).unwrap();
+        }
+        let id = self.next_desc;
+        self.next_desc = (self.next_desc + 1) % self.size;
+        let addr = GuestAddress(self.desc + u64::from(id) * 16);
+        mem.write_obj(table, addr).unwrap();
+        mem.write_obj(bufs.len() as u32 * 16, GuestAddress(addr.0 + 8))
+            .unwrap();
+        mem.write_obj(VRING_DESC_F_INDIRECT, GuestAddress(addr.0 + 12))
+            .unwrap();
+        mem.write_obj(0u16, GuestAddress(addr.0 + 14)).unwrap();
+        let slot = self.avail + 4 + u64::from(self.avail_idx % self.size) * 2;
+        mem.write_obj(id, GuestAddress(slot)).unwrap();
+        self.avail_idx = self.avail_idx.wrapping_add(1);
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        mem.write_obj(self.avail_idx, GuestAddress(self.avail + 2))
+            .unwrap();
+        id
     }
 
     /// Publishes an avail index without a matching ring entry (a buggy or hostile driver).
@@ -303,6 +343,51 @@ impl Driver {
 
     pub fn pop_used(&mut self, queue: usize) -> Option<(u32, u32)> {
         self.queues[queue].pop_used(&self.mem)
+    }
+
+    /// Serves the device's own event sources (e.g. io_uring completions) that are ready
+    /// within `timeout`, as the event loop would; returns whether any was.
+    pub fn serve_sources(&mut self, timeout: Duration) -> bool {
+        let sources = self.transport.event_sources();
+        if sources.is_empty() {
+            return false;
+        }
+        let mut fds: Vec<libc::pollfd> = sources
+            .iter()
+            .map(|&fd| libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+        // SAFETY: fds is a valid array of fds.len() pollfd structs.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+        if ready <= 0 {
+            return false;
+        }
+        for (index, fd) in fds.iter().enumerate() {
+            if fd.revents != 0 {
+                self.transport.handle_event_source(index);
+            }
+        }
+        true
+    }
+
+    /// The next used element of `queue`, serving the device's event sources for up to 5 s
+    /// while there is none (asynchronous engines complete after the kick returns).
+    pub fn wait_used(&mut self, queue: usize) -> Option<(u32, u32)> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(used) = self.pop_used(queue) {
+                return Some(used);
+            }
+            let now = Instant::now();
+            if now >= deadline || self.transport.event_sources().is_empty() {
+                return None;
+            }
+            self.serve_sources((deadline - now).min(Duration::from_millis(100)));
+        }
     }
 }
 
