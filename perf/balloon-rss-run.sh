@@ -15,7 +15,7 @@ firecracker_boot() {
   cat > "$TMPD/fc.json" <<JSON
 {
   "boot-source": { "kernel_image_path": "$K/vmlinux",
-                   "boot_args": "$BASE_CMDLINE reboot=k volt.run=balloon" },
+                   "boot_args": "$BASE_CMDLINE reboot=k root=/dev/vda rw volt.run=balloon" },
   "drives": [ { "drive_id": "root", "path_on_host": "$1", "is_root_device": true,
                 "is_read_only": false } ],
   "machine-config": { "vcpu_count": 1, "mem_size_mib": $GUEST_MEM_MB },
@@ -49,7 +49,8 @@ while [ $i -le "$ROUNDS" ]; do
     value() { awk -v k="$1" '$1 == k { print $2 }' "$TMPD/case.host"; }
     echo "RESULT vmm=$v i=$i start=$(value HOST-RSS-START-KB) filled=$(value HOST-RSS-FILLED-KB) freed=$(value HOST-RSS-FREED-KB) status=$status"
     grep -h -E 'VOLT-BALLOON|virtio-balloon:' "$TMPD/case.out" "$TMPD/case.err" | sed "s/^/  $v: /"
-    grep -q VOLT-BALLOON-DONE "$TMPD/case.out" || { echo "BOOT-FAILED vmm=$v i=$i"; tail -15 "$TMPD/case.out"; tail -5 "$TMPD/case.err"; }
+    grep -q VOLT-BALLOON-DONE "$TMPD/case.out" ||
+      { echo "BOOT-FAILED vmm=$v i=$i"; tail -15 "$TMPD/case.out" "$TMPD/case.err" | sed "s/^/  $v| /"; }
   done
   i=$((i + 1))
 done
