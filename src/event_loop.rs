@@ -27,6 +27,8 @@ const VCPU_TOKEN: Token = Token(0);
 const STDIN_TOKEN: Token = Token(1);
 const RESET_TOKEN: Token = Token(2);
 const CONSOLE_OUT_TOKEN: Token = Token(3);
+/// vCPU exits served per wake-up before the loop looks at its other event sources again.
+const VCPU_MESSAGE_BUDGET: usize = 256;
 /// How long the loop keeps trying to hand the rest of the console output to a host that
 /// cannot take it (a full pipe, a stopped terminal) when the VM ends.
 const FINAL_FLUSH_LIMIT: Duration = Duration::from_secs(2);
@@ -283,8 +285,14 @@ impl EventLoop {
         }
     }
 
+    /// Serves at most [`VCPU_MESSAGE_BUDGET`] queued vCPU exits: what is left is seen before the
+    /// loop next sleeps (it then only asks epoll what else is ready, without waiting), so
+    /// vCPUs that post writes without pause cannot starve the other event sources.
     fn drain_vcpu_messages(&mut self) -> Option<VmExit> {
-        while let Ok(message) = self.vcpu_rx.try_recv() {
+        for _ in 0..VCPU_MESSAGE_BUDGET {
+            let Ok(message) = self.vcpu_rx.try_recv() else {
+                break;
+            };
             self.states.event_loop.served_message();
             match message {
                 VcpuMessage::Write {
