@@ -130,6 +130,26 @@ fn e2e() -> &'static E2eRun {
                 .to_string();
             return E2eRun::Skipped(reason);
         }
+        if let Some(line) = stdout.lines().find(|l| l.starts_with("NESTED-TIMEOUT")) {
+            let last_case = stdout
+                .lines()
+                .rev()
+                .find_map(|l| l.strip_prefix("VOLT-CASE-BEGIN "))
+                .unwrap_or("(none started)");
+            return E2eRun::Failed(format!(
+                "the nested bed timed out ({line}) in case {last_case}: the bed, not a test, \
+                 failed\n{}",
+                stdout
+                    .lines()
+                    .rev()
+                    .take(40)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            ));
+        }
         if !out.status.success() || !stdout.contains("E2E-DONE") {
             return E2eRun::Failed(format!(
                 "run-e2e.sh failed or did not finish ({}):\n{}\n{}",

@@ -46,7 +46,7 @@ VOLT_EXTRA_ARGS= CASE_WATCH=
 # rootfs-cpus2 also has a balloon: the guest frees 128 MiB, the host watches the VMM's RSS.
 # acpi=off: the project's kernel (built with ACPI) must find its CPUs through the MP table.
 VOLT_EXTRA_ARGS=$BALLOON_VOLT_ARGS QEMU_EXTRA_ARGS=$BALLOON_QEMU_ARGS CASE_WATCH=balloon_rss_watch
-_timeout=$CASE_TIMEOUT CASE_TIMEOUT=120
+_timeout=$CASE_TIMEOUT CASE_TIMEOUT=180
 boot_case "rootfs-cpus2" "$VMM" 2 "$small" "$TMPD/disk.ext4" "" "volt.persist=beta volt.run=balloon acpi=off"
 VOLT_EXTRA_ARGS= QEMU_EXTRA_ARGS= CASE_WATCH= CASE_TIMEOUT=$_timeout
 boot_case "rootfs-cpus4-net" "$VMM" 4 "$small" "$TMPD/disk.ext4" tap0 \

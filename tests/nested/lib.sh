@@ -4,7 +4,7 @@ P=$(pwd)
 export PATH="$P/bin:$PATH"
 [ -f "$P/env.sh" ] && . "$P/env.sh"
 GUEST_MEM_MB=${GUEST_MEM_MB:-256}
-CASE_TIMEOUT=${CASE_TIMEOUT:-60} # a stuck VMM must not eat the CI budget
+CASE_TIMEOUT=${CASE_TIMEOUT:-120} # a stuck VMM must not eat the CI budget (cases take 20-40 s alone)
 TMPD=${TMPDIR:-/tmp}
 
 # Create tap0 = 10.0.2.1/24 (the guest uses 10.0.2.15). The outer Debian kernel needs tun.ko.

@@ -30,4 +30,6 @@ esac
 "$here/make-payload.sh" "$payload/p" "$here/e2e-run.sh" "${args[@]}" >/dev/null
 echo "VMM=$vmm" > "$payload/p/env.sh"
 echo "E2E-MODE $mode"
-run_payload "$mode" "$payload/p"
+# One attempt of the whole e2e takes 5-10 min alone in the bed; a bed stuck past this is ended
+# and reported as NESTED-TIMEOUT (a wedged outer guest is retried by run.sh itself).
+NESTED_TIMEOUT=${NESTED_TIMEOUT:-1200} run_payload "$mode" "$payload/p"
