@@ -44,8 +44,9 @@ one_boot() {
   fi
   # The guest's own clock at its init marker (seconds with 2 decimals) in ms.
   _uptime=$(sed -n 's/.*VOLT-INIT-READY uptime=\([0-9.]*\).*/\1/p' "$TMPD/b.out" | head -1 | awk '{ printf "%d", $1 * 1000 }')
-  # Volt's exit counts (its info log at the end): port and MMIO exits served by the loop.
-  _exits=$(sed -n 's/.* \([0-9]*\) port and \([0-9]*\) MMIO exits.*/pio_exits=\1 mmio_exits=\2/p' "$TMPD/b.err" | head -1)
+  # Volt's exit counts (its info log at the end): port and MMIO exits served by the loop, and
+  # port reads the vCPU threads answered themselves.
+  _exits=$(sed -n 's/.* \([0-9]*\) port exits (+\([0-9]*\) answered on the vCPU threads) and \([0-9]*\) MMIO exits.*/pio_exits=\1 pio_local=\2 mmio_exits=\3/p' "$TMPD/b.err" | head -1)
   echo "RESULT kind=$_kind vmm=$_variant cpus=$_cpus console=$_console i=$_i uptime_ms=${_uptime:--1} $_exits $_line"
   if ! grep -q VOLT-INIT-DONE "$TMPD/b.out"; then
     echo "BOOT-FAILED vmm=$_variant cpus=$_cpus console=$_console i=$_i"; tail -5 "$TMPD/b.out"; tail -5 "$TMPD/b.err"
