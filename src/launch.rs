@@ -9,8 +9,9 @@ use devices::virtio::{BalloonConfig, BlockEngine};
 
 use crate::api::{ApiServer, CheckedSpec, MachineConfigBody};
 use crate::cli::DEFAULT_CMDLINE;
+use crate::error::Error;
 use crate::event_loop::{LoopStats, VmExit};
-use crate::kernel_store::{resolve_kernel, KernelStore};
+use crate::kernel_store::{resolve_kernel, KernelStore, KernelStoreError};
 use crate::sandbox::{self, FsAccess, SandboxConfig, SeccompMode, ThreadKind};
 use crate::snapshot::{Restore, VirtioBackend};
 use crate::vm::{BootSource, DiskConfig, NetConfig, Vm, VmConfig};
@@ -57,19 +58,19 @@ impl VmInfo {
 }
 
 /// A kernel argument: a file path as is, anything else a name in the kernel store.
-pub fn kernel_path(arg: Option<&str>, store: Option<PathBuf>) -> Result<PathBuf, String> {
+pub fn kernel_path(arg: Option<&str>, store: Option<PathBuf>) -> Result<PathBuf, KernelStoreError> {
     match arg {
         // A plain file needs no store (and no $HOME to find one).
         Some(path) if Path::new(path).is_file() => Ok(PathBuf::from(path)),
-        name => {
-            let store = KernelStore::open_or_default(store).map_err(|e| e.to_string())?;
-            resolve_kernel(name, &store).map_err(|e| e.to_string())
-        }
+        name => resolve_kernel(name, &KernelStore::open_or_default(store)?),
     }
 }
 
 /// The VM configuration for `spec`, with the console on stdin/stdout.
-pub fn vm_config(spec: &CheckedSpec, options: &LaunchOptions) -> Result<VmConfig, String> {
+pub fn vm_config(
+    spec: &CheckedSpec,
+    options: &LaunchOptions,
+) -> Result<VmConfig, KernelStoreError> {
     let kernel = kernel_path(spec.kernel.as_deref(), options.store.clone())?;
     Ok(VmConfig {
         vcpus: spec.vcpus,
@@ -151,7 +152,7 @@ pub fn run(
     spec: &CheckedSpec,
     api: Option<ApiServer>,
     options: &LaunchOptions,
-) -> Result<(VmExit, LoopStats), String> {
+) -> Result<(VmExit, LoopStats), Error> {
     // Before Landlock: stdin and stdout get private descriptions through /proc/self/fd.
     terminal::take_over_stdin();
     // Everything is open: from here on the process may reopen only its disk images.
@@ -168,14 +169,13 @@ pub fn run(
         landlock: options.landlock,
     };
     let writable_dirs: Vec<PathBuf> = options.snapshot_dir.iter().cloned().collect();
-    sandbox::lock_down_process_with_dirs(&sandbox_config, &allowed, &writable_dirs)
-        .map_err(|e| e.to_string())?;
+    sandbox::lock_down_process_with_dirs(&sandbox_config, &allowed, &writable_dirs)?;
     if let Some(api) = api {
         vm.attach_api(api, VmInfo::of(spec));
     }
-    let running = vm.start().map_err(|e| e.to_string())?;
-    sandbox::apply_seccomp(ThreadKind::Main, options.seccomp).map_err(|e| e.to_string())?;
-    let (exit, stats) = running.wait().map_err(|e| e.to_string())?;
+    let running = vm.start()?;
+    sandbox::apply_seccomp(ThreadKind::Main, options.seccomp)?;
+    let (exit, stats) = running.wait()?;
     let _ = io::stdout().flush();
     log::info!(
         "guest ended ({exit:?}) after {} ms: {} port exits (+{} answered on the vCPU threads) and {} MMIO exits, {} console bytes",

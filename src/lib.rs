@@ -8,6 +8,7 @@ pub mod boot;
 pub mod cli;
 pub mod clock;
 pub mod device_manager;
+pub mod error;
 pub mod event_loop;
 pub mod fast_path;
 pub mod kernel_store;

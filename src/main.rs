@@ -7,6 +7,7 @@ use clap::Parser;
 
 use volt::api::{serve_until_start, ApiServer, CheckedSpec, StartedVm, VmSpec};
 use volt::cli::{Cli, Command, RunArgs};
+use volt::error::Error;
 use volt::launch::{self, LaunchOptions};
 use volt::sandbox;
 use volt::vm::Vm;
@@ -23,8 +24,8 @@ fn main() -> ExitCode {
     terminal::restore_stdin();
     match result {
         Ok(code) => code,
-        Err(message) => {
-            eprintln!("volt: error: {message}");
+        Err(error) => {
+            eprintln!("volt: error: {}", error.report());
             ExitCode::FAILURE
         }
     }
@@ -42,12 +43,11 @@ fn init_logging(level: Option<&str>) {
         .init();
 }
 
-fn run_kernel_command(args: volt::kernel_store::KernelArgs) -> Result<ExitCode, String> {
+fn run_kernel_command(args: volt::kernel_store::KernelArgs) -> Result<ExitCode, Error> {
     let mut stdout = io::stdout().lock();
-    match volt::kernel_store::run_kernel_command(args, &mut stdout) {
-        Ok(true) => Ok(ExitCode::SUCCESS),
-        Ok(false) => Ok(ExitCode::FAILURE), // e.g. `verify` found a corrupt kernel; it said which
-        Err(e) => Err(e.to_string()),
+    match volt::kernel_store::run_kernel_command(args, &mut stdout)? {
+        true => Ok(ExitCode::SUCCESS),
+        false => Ok(ExitCode::FAILURE), // e.g. `verify` found a corrupt kernel; it said which
     }
 }
 
@@ -64,24 +64,30 @@ fn spec_from_flags(args: &RunArgs) -> CheckedSpec {
     }
 }
 
-fn spec_from_file(path: &std::path::Path) -> Result<CheckedSpec, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read the config file {}: {e}", path.display()))?;
+fn spec_from_file(path: &std::path::Path) -> Result<CheckedSpec, Error> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::ReadConfig {
+        path: path.to_path_buf(),
+        source,
+    })?;
     VmSpec::from_json(&text)
         .and_then(|spec| spec.check())
-        .map_err(|e| format!("config file {}: {e}", path.display()))
+        .map_err(|problem| Error::Config {
+            path: path.to_path_buf(),
+            problem,
+        })
 }
 
-fn run_vm(args: &RunArgs) -> Result<ExitCode, String> {
+fn run_vm(args: &RunArgs) -> Result<ExitCode, Error> {
     if args.print_seccomp {
-        sandbox::describe_filters(&mut io::stdout().lock()).map_err(|e| e.to_string())?;
+        sandbox::describe_filters(&mut io::stdout().lock()).map_err(Error::PrintSeccomp)?;
         return Ok(ExitCode::SUCCESS);
     }
     // Before anything is opened: no descriptor from our parent may survive into the VMM.
-    sandbox::close_inherited_fds().map_err(|e| e.to_string())?;
+    sandbox::close_inherited_fds()?;
     let snapshot_dir = match &args.snapshot_dir {
         Some(dir) => {
-            let (fd, canonical) = volt::snapshot::dir::open_snapshot_dir(dir)?;
+            let (fd, canonical) =
+                volt::snapshot::dir::open_snapshot_dir(dir).map_err(Error::SnapshotDir)?;
             sandbox::set_snapshot_dir_fd(fd);
             Some(canonical)
         }
@@ -98,12 +104,7 @@ fn run_vm(args: &RunArgs) -> Result<ExitCode, String> {
         balloon: args.balloon_config(),
         acpi: args.acpi,
     };
-    let mut api = args
-        .api_sock
-        .as_deref()
-        .map(ApiServer::bind)
-        .transpose()
-        .map_err(|e| e.to_string())?;
+    let mut api = args.api_sock.as_deref().map(ApiServer::bind).transpose()?;
     let given = match &args.config_file {
         Some(path) => Some(spec_from_file(path)?),
         // With an API socket and no kernel, the VM is described through the API.
@@ -113,17 +114,15 @@ fn run_vm(args: &RunArgs) -> Result<ExitCode, String> {
     let StartedVm { vm, spec } = match (given, api.as_mut()) {
         (Some(spec), _) => {
             let config = launch::vm_config(&spec, &options)?;
-            let vm = Vm::build(config).map_err(|e| e.to_string())?;
+            let vm = Vm::build(config)?;
             StartedVm { vm, spec }
         }
-        (None, Some(api)) => {
-            serve_until_start(api, &options).map_err(|e| format!("the API loop failed: {e}"))?
-        }
+        (None, Some(api)) => serve_until_start(api, &options).map_err(Error::ApiLoop)?,
         (None, None) => unreachable!("without an API socket the flags describe the VM"),
     };
     let (exit, _stats) = launch::run(vm, &spec, api, &options)?;
     match exit.exit_code() {
         0 => Ok(ExitCode::SUCCESS),
-        _ => Err(format!("the guest stopped abnormally: {exit:?}")),
+        _ => Err(Error::GuestFailed(exit)),
     }
 }
