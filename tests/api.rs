@@ -9,7 +9,7 @@ use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use common::api_client::{call, read_answer, VoltProcess};
-use common::guests::{counted, counting_guest};
+use common::guests::{counted, counting_guest, hello_guest};
 use common::*;
 use iced_x86::code_asm::*;
 
@@ -195,23 +195,7 @@ fn instance_start_boots_the_guest_and_the_running_vm_is_served_by_the_event_loop
     let kernel = tiny_elf_kernel(dir.path(), &counting_guest());
     let sock = dir.path().join("api.sock");
     let mut volt = VoltProcess::start(&sock, &[]);
-    assert_eq!(
-        volt.call("PUT", "/boot-source", Some(&boot_source(&kernel)))
-            .status,
-        204
-    );
-    assert_eq!(
-        volt.call("PUT", "/machine-config", Some(&machine_config(1)))
-            .status,
-        204
-    );
-    let start = volt.call(
-        "PUT",
-        "/actions",
-        Some(r#"{"action_type":"InstanceStart"}"#),
-    );
-    assert_eq!(start.status, 204, "{:?}", start.body);
-    volt.wait_console(Duration::from_secs(20), |c| counted(c).len() >= 5);
+    start_counting(&mut volt, &kernel, 1);
 
     let info = volt.call("GET", "/", None);
     assert_eq!(info.body["state"], "Running");
@@ -254,20 +238,6 @@ fn instance_start_boots_the_guest_and_the_running_vm_is_served_by_the_event_loop
     assert_eq!(volt.call("GET", "/", None).status, 200);
     let stderr = volt.kill();
     assert!(!stderr.contains("panicked"), "{stderr}");
-}
-
-/// Prints `text`, then resets through the i8042.
-fn hello_guest(text: &[u8]) -> Vec<u8> {
-    assemble(|a| {
-        a.mov(dx, 0x3f8u32)?;
-        for &byte in text {
-            a.mov(al, u32::from(byte))?;
-            a.out(dx, al)?;
-        }
-        a.mov(al, 0xfeu32)?;
-        a.out(0x64u32, al)?;
-        a.hlt()
-    })
 }
 
 #[test]
@@ -500,23 +470,7 @@ fn a_snapshot_restored_in_a_new_process_continues_the_count() {
     let kernel = tiny_elf_kernel(dir.path(), &counting_guest());
     let snap_arg = snaps.to_str().unwrap().to_string();
     let mut volt = VoltProcess::start(&dir.path().join("a.sock"), &["--snapshot-dir", &snap_arg]);
-    assert_eq!(
-        volt.call("PUT", "/boot-source", Some(&boot_source(&kernel)))
-            .status,
-        204
-    );
-    assert_eq!(
-        volt.call("PUT", "/machine-config", Some(&machine_config(2)))
-            .status,
-        204
-    );
-    let start = volt.call(
-        "PUT",
-        "/actions",
-        Some(r#"{"action_type":"InstanceStart"}"#),
-    );
-    assert_eq!(start.status, 204, "{:?}", start.body);
-    volt.wait_console(Duration::from_secs(20), |c| counted(c).len() >= 5);
+    start_counting(&mut volt, &kernel, 2);
 
     let create = r#"{"snapshot_path":"vm.state","mem_file_path":"vm.mem"}"#;
     let running = volt.call("PUT", "/snapshot/create", Some(create));
@@ -681,4 +635,20 @@ fn damaged_or_foreign_snapshots_are_refused_with_a_clear_error() {
     let (_volt, answer) = restore_in_new_process(dir.path(), "m.sock", &state, &short_mem, true);
     assert_eq!(answer.status, 400);
     assert!(answer.fault().contains("memory file"), "{}", answer.fault());
+}
+
+/// Describes the counting guest with `vcpus` vCPUs over the API, starts it and waits until it
+/// has counted to 5.
+fn start_counting(volt: &mut VoltProcess, kernel: &std::path::Path, vcpus: u8) {
+    let boot = volt.call("PUT", "/boot-source", Some(&boot_source(kernel)));
+    assert_eq!(boot.status, 204, "{:?}", boot.body);
+    let config = volt.call("PUT", "/machine-config", Some(&machine_config(vcpus)));
+    assert_eq!(config.status, 204, "{:?}", config.body);
+    let start = volt.call(
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type":"InstanceStart"}"#),
+    );
+    assert_eq!(start.status, 204, "{:?}", start.body);
+    volt.wait_console(Duration::from_secs(20), |c| counted(c).len() >= 5);
 }

@@ -7,8 +7,8 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Output};
 
+use common::guests::hello_guest;
 use common::*;
-use iced_x86::code_asm::*;
 
 /// This build's volt, or the binary `VOLT_TEST_BIN` names (tests/run.sh runs these tests again
 /// against the release builds users run: the dynamic one and the static one).
@@ -17,20 +17,6 @@ fn volt() -> Command {
         Some(bin) => Command::new(bin),
         None => Command::new(env!("CARGO_BIN_EXE_volt")),
     }
-}
-
-/// Prints `text` on COM1, then resets through the i8042.
-fn hello_guest(text: &[u8]) -> Vec<u8> {
-    assemble(|a| {
-        a.mov(dx, 0x3f8u32)?;
-        for &byte in text {
-            a.mov(al, u32::from(byte))?;
-            a.out(dx, al)?;
-        }
-        a.mov(al, 0xfeu32)?;
-        a.out(0x64u32, al)?;
-        a.hlt()
-    })
 }
 
 fn stderr(output: &Output) -> String {

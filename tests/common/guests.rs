@@ -59,3 +59,17 @@ pub fn counted(console: &str) -> Vec<u64> {
         .filter_map(|line| line.trim().parse().ok())
         .collect()
 }
+
+/// Prints `text` on COM1, then resets through the i8042.
+pub fn hello_guest(text: &[u8]) -> Vec<u8> {
+    assemble(|a| {
+        a.mov(dx, 0x3f8u32)?;
+        for &byte in text {
+            a.mov(al, u32::from(byte))?;
+            a.out(dx, al)?;
+        }
+        a.mov(al, 0xfeu32)?;
+        a.out(0x64u32, al)?;
+        a.hlt()
+    })
+}
