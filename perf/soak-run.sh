@@ -32,6 +32,14 @@ dump_threads() {
       echo
     done
   done
+  # What the guest exits for, when it spins inside KVM_RUN: 0.3 s of the kvm_exit tracepoint.
+  T=/sys/kernel/debug/tracing
+  if [ -w "$T/events/kvm/kvm_exit/enable" ]; then
+    echo > "$T/trace"
+    echo 1 > "$T/events/kvm/kvm_exit/enable"; sleep 0.3; echo 0 > "$T/events/kvm/kvm_exit/enable"
+    grep -o 'reason [A-Za-z_0-9]*' "$T/trace" | sort | uniq -c | sort -rn | head -5 | sed 's/^/SOAK-EXIT-REASONS /'
+    grep -m3 'kvm_exit' "$T/trace" | sed 's/^/SOAK-EXIT-SAMPLE /'
+  fi
 }
 
 # one_boot BUILD KERNEL CPUS CONSOLE ROUND
