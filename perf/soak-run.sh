@@ -10,7 +10,8 @@
 #   STUCK_S  a boot still running after this many seconds is a hang (default 60)
 # Per boot: `SOAK-BOOT build=B kernel=K cpus=N console=C round=R result=pass|fail|hung seconds=S`.
 # A hang first gets SIGUSR1 (Volt's own thread report), then every thread's kernel-side state
-# (state, syscall, wchan, stack) and the KVM debugfs counters, then SIGKILL.
+# (state, syscall, wchan, stack) and the KVM debugfs counters, then SIGKILL. (Helpers use _-prefixed
+# variables: sh has no locals, and the boot loops use b, k, c, con, r.)
 . ./lib.sh
 K=$P/kernels
 STUCK_S=${STUCK_S:-60}
@@ -18,16 +19,16 @@ mount -t debugfs none /sys/kernel/debug 2>/dev/null || true
 cp "$P/rootfs.ext4" "$TMPD/soak.ext4"
 
 dump_threads() {
-  for t in /proc/$1/task/*; do
-    echo "SOAK-TASK $(basename "$t") $(cat "$t/comm") state=$(cut -d' ' -f3 "$t/stat") syscall=$(cat "$t/syscall" 2>/dev/null) wchan=$(cat "$t/wchan" 2>/dev/null)"
-    sed 's/^/SOAK-STACK   /' "$t/stack" 2>/dev/null | head -8
+  for _t in /proc/$1/task/*; do
+    echo "SOAK-TASK $(basename "$_t") $(cat "$_t/comm") state=$(cut -d' ' -f3 "$_t/stat") syscall=$(cat "$_t/syscall" 2>/dev/null) wchan=$(cat "$_t/wchan" 2>/dev/null)"
+    sed 's/^/SOAK-STACK   /' "$_t/stack" 2>/dev/null | head -8
   done
-  for d in /sys/kernel/debug/kvm/$1-*; do
-    [ -d "$d" ] || continue
-    for c in "$d"/vcpu*; do
-      printf 'SOAK-KVM %s' "$(basename "$c")"
-      for f in exits halt_exits io_exits mmio_exits irq_exits signal_exits halt_wakeup irq_injections; do
-        [ -f "$d/$f" ] && printf ' vm.%s=%s' "$f" "$(cat "$d/$f")"
+  for _d in /sys/kernel/debug/kvm/$1-*; do
+    [ -d "$_d" ] || continue
+    for _v in "$_d"/vcpu*; do
+      printf 'SOAK-KVM %s' "$(basename "$_v")"
+      for _f in exits halt_exits io_exits mmio_exits irq_exits signal_exits halt_wakeup irq_injections; do
+        [ -f "$_d/$_f" ] && printf ' vm.%s=%s' "$_f" "$(cat "$_d/$_f")"
       done
       echo
     done
