@@ -26,7 +26,8 @@ pub const MIN_MEM_BYTES: u64 = 16 << 20;
     version,
     about = "Volt: a small, fast, sandboxed KVM micro virtual machine monitor",
     long_about = "Boots a Linux guest under KVM with its serial console on stdout and stdin.\n\
-                  The guest ends the VM by rebooting (i8042 reset, e.g. `reboot -f`); volt then exits 0.",
+                  The guest ends the VM by rebooting (i8042 reset, e.g. `reboot -f`) or powering off\n\
+                  (ACPI S5, `poweroff`); volt then exits 0.",
     args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
