@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::guests::map_high_gib_uncached;
 use common::*;
 use devices::virtio::BalloonConfig;
 use iced_x86::code_asm::*;
@@ -14,8 +15,6 @@ use volt::sandbox::SeccompMode;
 const RNG_BASE: u64 = 0xd000_0000;
 const BALLOON_BASE: u64 = 0xd000_1000;
 const HIGH_PD: u64 = 0x4000;
-/// The boot page tables' PDPT (see boot::layout); entry 3 maps 3-4 GiB.
-const PDPT: u64 = 0xa000;
 
 const RNG_QUEUE: u64 = 0x80_0000;
 const RNG_BUF: u64 = 0x80_3000;
@@ -103,22 +102,8 @@ fn submit_and_wait(
 
 fn guest() -> Vec<u8> {
     assemble(|a| {
-        // Map 3-4 GiB (the virtio windows) with uncached 2 MiB pages.
-        let mut fill = a.create_label();
-        a.mov(rdi, HIGH_PD)?;
-        a.mov(rax, 0xc000_0000u64 | 0x9b)?;
-        a.mov(ecx, 512u32)?;
-        a.set_label(&mut fill)?;
-        a.mov(qword_ptr(rdi), rax)?;
-        a.add(rax, 0x20_0000)?;
-        a.add(rdi, 8)?;
-        a.dec(ecx)?;
-        a.jnz(fill)?;
-        a.mov(rax, HIGH_PD | 3)?;
-        a.mov(rdi, PDPT + 3 * 8)?;
-        a.mov(qword_ptr(rdi), rax)?;
-        a.mov(rax, cr3)?;
-        a.mov(cr3, rax)?;
+        // The virtio windows.
+        map_high_gib_uncached(a, HIGH_PD)?;
 
         // virtio-rng: one 64-byte request. Prints 'R', the used length + '0' ('p' for 64) and
         // 'N' if the first 8 bytes are not all zero.

@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::guests::map_high_gib_uncached;
 use common::*;
 use devices::virtio::BlockEngine;
 use iced_x86::code_asm::*;
@@ -17,8 +18,6 @@ const VECTOR: u32 = 0x40;
 /// Free low memory for the guest's own tables (raw images use none of Linux's layout).
 const IDT: u64 = 0x3000;
 const HIGH_PD: u64 = 0x4000;
-/// The boot page tables' PDPT (see boot::layout); entry 3 maps 3-4 GiB.
-const PDPT: u64 = 0xa000;
 
 /// Writes an interrupt gate at [rdi] to the handler address in rax (rax is kept).
 fn write_gate(a: &mut CodeAssembler) -> Result<(), IcedError> {
@@ -38,27 +37,12 @@ fn virtio_guest() -> Vec<u8> {
     assemble(|a| {
         let handler = a.create_label();
         let idtr = a.create_label();
-        let fill = a.create_label();
         let park = a.create_label();
         let stray = a.create_label();
         let gates = a.create_label();
 
-        // Map 3-4 GiB (virtio windows, I/O APIC, LAPIC) with uncached 2 MiB pages.
-        a.mov(rdi, HIGH_PD)?;
-        a.mov(rax, 0xc000_0000u64 | 0x9b)?;
-        a.mov(ecx, 512u32)?;
-        let mut fill_label = fill;
-        a.set_label(&mut fill_label)?;
-        a.mov(qword_ptr(rdi), rax)?;
-        a.add(rax, 0x20_0000)?;
-        a.add(rdi, 8)?;
-        a.dec(ecx)?;
-        a.jnz(fill_label)?;
-        a.mov(rax, HIGH_PD | 3)?;
-        a.mov(rdi, PDPT + 3 * 8)?;
-        a.mov(qword_ptr(rdi), rax)?;
-        a.mov(rax, cr3)?;
-        a.mov(cr3, rax)?;
+        // Virtio windows, I/O APIC and LAPIC.
+        map_high_gib_uncached(a, HIGH_PD)?;
 
         // IDT: every vector -> `stray` (so an unexpected interrupt is visible, not a triple
         // fault), VECTOR -> `handler`.
@@ -184,26 +168,11 @@ const BLK_SECTOR: u64 = 1;
 /// never completed.
 fn block_read_guest() -> Vec<u8> {
     assemble(|a| {
-        let fill = a.create_label();
         let poll = a.create_label();
         let timeout = a.create_label();
         let report = a.create_label();
-        // Map 3-4 GiB (the virtio window) with uncached 2 MiB pages.
-        a.mov(rdi, BLK_HIGH_PD)?;
-        a.mov(rax, 0xc000_0000u64 | 0x9b)?;
-        a.mov(ecx, 512u32)?;
-        let mut fill_label = fill;
-        a.set_label(&mut fill_label)?;
-        a.mov(qword_ptr(rdi), rax)?;
-        a.add(rax, 0x20_0000)?;
-        a.add(rdi, 8)?;
-        a.dec(ecx)?;
-        a.jnz(fill_label)?;
-        a.mov(rax, BLK_HIGH_PD | 3)?;
-        a.mov(rdi, PDPT + 3 * 8)?;
-        a.mov(qword_ptr(rdi), rax)?;
-        a.mov(rax, cr3)?;
-        a.mov(cr3, rax)?;
+        // The virtio window.
+        map_high_gib_uncached(a, BLK_HIGH_PD)?;
 
         // Request: header (IN, sector), 512-byte buffer, status byte; three chained descriptors.
         a.mov(rdi, BLK_HDR)?;

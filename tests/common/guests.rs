@@ -73,3 +73,26 @@ pub fn hello_guest(text: &[u8]) -> Vec<u8> {
         a.hlt()
     })
 }
+
+/// Maps 3-4 GiB (virtio windows, I/O APIC, LAPIC) with uncached 2 MiB pages, using the page
+/// directory at `pd`, and flushes the TLB.
+pub fn map_high_gib_uncached(a: &mut CodeAssembler, pd: u64) -> Result<(), IcedError> {
+    let mut fill = a.create_label();
+    a.mov(rdi, pd)?;
+    a.mov(rax, 0xc000_0000u64 | 0x9b)?;
+    a.mov(ecx, 512u32)?;
+    a.set_label(&mut fill)?;
+    a.mov(qword_ptr(rdi), rax)?;
+    a.add(rax, 0x20_0000)?;
+    a.add(rdi, 8)?;
+    a.dec(ecx)?;
+    a.jnz(fill)?;
+    a.mov(rax, pd | 3)?;
+    a.mov(
+        rdi,
+        volt::boot::layout::PDPT_START + 3 * 8, /* entry 3: 3-4 GiB */
+    )?;
+    a.mov(qword_ptr(rdi), rax)?;
+    a.mov(rax, cr3)?;
+    a.mov(cr3, rax)
+}
