@@ -1,7 +1,8 @@
 #!/bin/sh
 # Payload side of perf/soak.sh: boots in a row, each watched for a hang (runs inside the nested
 # real-KVM guest, or directly on a hardware-KVM host). Settings from env.sh:
-#   BUILDS   volt binaries in bin/ to soak, e.g. "volt-dynamic volt-static"
+#   BUILDS   VMM binaries in bin/ to soak, e.g. "volt-dynamic volt-static firecracker" (Firecracker
+#            boots the same kernels through lib.sh's vmm_command, with acpi=off)
 #   KERNELS  "stock" (Debian's kernel, no disk: ends at its root-mount panic, panic=1 reboots)
 #            and/or "own" (the project's kernel + rootfs: ends with reboot -f after its init)
 #   CPUS     vCPU counts, e.g. "1 2 4";  CONSOLES "file pipe" (stdout+stderr to a file, or
@@ -33,14 +34,26 @@ dump_threads() {
       echo
     done
   done
-  # What the guest exits for, when it spins inside KVM_RUN: 0.3 s of the kvm_exit tracepoint.
+  # What the guest exits for, when it spins inside KVM_RUN: 0.3 s of every kvm tracepoint
+  # (exit reasons with RIPs, page faults with addresses, injected interrupts).
   T=/sys/kernel/debug/tracing
-  if [ -w "$T/events/kvm/kvm_exit/enable" ]; then
+  if [ -w "$T/events/kvm/enable" ]; then
     echo > "$T/trace"
-    echo 1 > "$T/events/kvm/kvm_exit/enable"; sleep 0.3; echo 0 > "$T/events/kvm/kvm_exit/enable"
+    echo 1 > "$T/events/kvm/enable"; sleep 0.3; echo 0 > "$T/events/kvm/enable"
+    grep -o 'kvm_[a-z_]*:' "$T/trace" | sort | uniq -c | sort -rn | head -8 | sed 's/^/SOAK-EXIT-EVENTS /'
     grep -o 'reason [A-Za-z_0-9]*' "$T/trace" | sort | uniq -c | sort -rn | head -5 | sed 's/^/SOAK-EXIT-REASONS /'
-    grep -m3 'kvm_exit' "$T/trace" | sed 's/^/SOAK-EXIT-SAMPLE /'
+    grep -o 'rip 0x[0-9a-f]*' "$T/trace" | sort | uniq -c | sort -rn | head -5 | sed 's/^/SOAK-EXIT-RIPS /'
+    grep -v '^#' "$T/trace" | head -12 | sed 's/^/SOAK-EXIT-SAMPLE /'
   fi
+}
+
+# soak_exec: runs the boot's command ($_cmd); started with & it execs in the background subshell,
+# so $! is the VMM's own pid.
+soak_exec() {
+  case $_cmd in
+    firecracker*) exec $_cmd ;;
+    *) exec $_cmd --cmdline "$BASE_CMDLINE reboot=k" ;;
+  esac
 }
 
 # one_boot BUILD KERNEL CPUS CONSOLE ROUND
@@ -50,18 +63,25 @@ one_boot() {
     stock) _args="--kernel $K/debian-vmlinuz" _done='Unable to mount root' ;;
     own) _args="--kernel $K/bzImage --disk $TMPD/soak.ext4" _done=VOLT-INIT-DONE ;;
   esac
+  if [ "$_b" = firecracker ]; then
+    case $_k in
+      stock) vmm_command firecracker "$_c" "$K/debian-vmlinuz" "" "" "" ;;
+      own) vmm_command firecracker "$_c" "$K/vmlinux" "$TMPD/soak.ext4" "" "" ;;
+    esac
+    _cmd="$VMM_ARGS"
+  else
+    _cmd="$_b $_args --cpus $_c --mem 256M --log-level info"
+  fi
   rm -f "$TMPD/soak.out" "$TMPD/soak.fifo"
   _t0=$(date +%s)
   if [ "$_con" = pipe ]; then
     mkfifo "$TMPD/soak.fifo"
     cat "$TMPD/soak.fifo" > "$TMPD/soak.out" &
     _cat=$!
-    ( exec $_b $_args --cpus "$_c" --mem 256M --log-level info --cmdline "$BASE_CMDLINE reboot=k" ) \
-      > "$TMPD/soak.fifo" 2>&1 < /dev/null &
+    soak_exec > "$TMPD/soak.fifo" 2>&1 < /dev/null &
   else
     _cat=
-    ( exec $_b $_args --cpus "$_c" --mem 256M --log-level info --cmdline "$BASE_CMDLINE reboot=k" ) \
-      > "$TMPD/soak.out" 2>&1 < /dev/null &
+    soak_exec > "$TMPD/soak.out" 2>&1 < /dev/null &
   fi
   _pid=$!
   _result=
@@ -70,7 +90,9 @@ one_boot() {
       _result=hung
       echo "SOAK-HANG build=$_b kernel=$_k cpus=$_c console=$_con round=$_r: last output:"
       tail -c 600 "$TMPD/soak.out" | sed 's/^/SOAK-OUT   /'; echo
-      kill -USR1 $_pid; sleep 2
+      # Volt prints its thread report on SIGUSR1; Firecracker would die of it.
+      [ "$_b" = firecracker ] || kill -USR1 $_pid
+      sleep 2
       dump_threads $_pid; sleep 3
       echo "SOAK-AGAIN (3 s later)"; dump_threads $_pid
       kill -9 $_pid
@@ -88,6 +110,7 @@ one_boot() {
     _result=fail
     echo "SOAK-FAIL status=$_status"; tail -c 800 "$TMPD/soak.out" | sed 's/^/SOAK-OUT   /'; echo
   fi
+  [ "$_b" = firecracker ] && [ "$_result" != pass ] && sed 's/^/FC-LOG /' "$TMPD/fc.log" | tail -5
   if [ -n "${SHOW_ALL:-}" ]; then sed 's/^/SOAK-OUT   /' "$TMPD/soak.out"; fi
   echo "SOAK-BOOT build=$_b kernel=$_k cpus=$_c console=$_con round=$_r result=$_result seconds=$(( $(date +%s) - _t0 )) warnings=$(grep -c 'XSAVE consistency' "$TMPD/soak.out")"
 }

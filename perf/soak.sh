@@ -7,6 +7,8 @@
 # usage: perf/soak.sh [--rounds N] [--builds "dynamic static"] [--kernels "stock own"]
 #                     [--cpus "1 2 4"] [--consoles "file pipe"] [--stuck SECS] [--raw FILE]
 #                     [--mode auto|direct|nested]
+# Builds: dynamic, static (Volt) and firecracker (../shared/anchors/firecracker, the anchor: the
+# same boots under another VMM tell a fault of the bed or the guest from one of Volt's).
 # One round is every combination once (2 kernels x 3 cpu counts x 2 consoles = 12 boots per build).
 # Inside the nested bed an outer-guest wedge (NESTED-WEDGED) restarts the payload; wedges are
 # counted apart from Volt's own hangs.
@@ -36,7 +38,9 @@ for b in $builds; do
     dynamic) (cd "$repo" && cargo build --release --bin volt >&2); bin=$repo/target/release/volt ;;
     static) (cd "$repo" && RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --target $target --bin volt >&2)
             bin=$repo/target/$target/release/volt ;;
-    *) echo "soak: unknown build $b (dynamic or static)" >&2; exit 2 ;;
+    firecracker) bin=$(find_firecracker "${FIRECRACKER:-}") || { echo "soak: $bin" >&2; exit 2; }
+                 args+=(--binary firecracker "$bin"); names="$names firecracker"; continue ;;
+    *) echo "soak: unknown build $b (dynamic, static or firecracker)" >&2; exit 2 ;;
   esac
   args+=(--binary "volt-$b" "$bin"); names="$names volt-$b"
 done
@@ -53,7 +57,7 @@ start=$(date +%s)
 NESTED_TIMEOUT=${NESTED_TIMEOUT:-$(( n * per_boot + 300 ))} run_payload "$mode" "$work/p" > "$work/out.txt" 2>&1 || true
 echo "soak: payload finished in $(( $(date +%s) - start )) s" >&2
 [ -n "$raw" ] && cp "$work/out.txt" "$raw"
-grep -E '^(SOAK-HANG|SOAK-REPORT|SOAK-TASK|SOAK-STACK|SOAK-KVM|SOAK-FAIL|SOAK-OUT|NESTED-)' "$work/out.txt" || true
+grep -E '^(SOAK-HANG|SOAK-REPORT|SOAK-TASK|SOAK-STACK|SOAK-KVM|SOAK-EXIT|SOAK-AGAIN|SOAK-FAIL|SOAK-OUT|FC-|NESTED-)' "$work/out.txt" || true
 echo
 echo "| build | boots | passed | failed | hung |"
 echo "|---|---|---|---|---|"

@@ -282,8 +282,8 @@ fn run_vcpu(
         }
         state.set(VcpuPhase::InGuest);
         let delivered = match vcpu.run() {
-            // A string instruction (`rep outsb`, `rep insw`, ...) exits once with up to a page of
-            // data: `count` accesses of `size` bytes, each of which the device must see.
+            // The console's line status, polled before every byte the guest prints, is answered
+            // here from the loop's mirror (see crate::fast_path) when it is stable.
             Ok(VcpuExit::IoIn(port, data))
                 if u64::from(port) == SERIAL_LSR_PORT && data.len() == 1 =>
             {
@@ -332,7 +332,10 @@ fn run_vcpu(
             }
             Ok(VcpuExit::MmioWrite(addr, data)) => write_and_wait(AddressSpace::Mmio, addr, data),
             Ok(VcpuExit::MmioRead(addr, data)) => read(AddressSpace::Mmio, addr, data),
-            Ok(VcpuExit::Shutdown) => return VcpuStop::Shutdown,
+            Ok(VcpuExit::Shutdown) => {
+                log_shutdown_state(index, &vcpu);
+                return VcpuStop::Shutdown;
+            }
             Ok(VcpuExit::SystemEvent(kind, _))
                 if matches!(
                     kind,
@@ -363,6 +366,36 @@ fn run_vcpu(
             return VcpuStop::Requested;
         }
     }
+}
+
+/// A shutdown exit is a triple fault (or a reset KVM turned into one): say where the guest was,
+/// once, since the VM ends with it. A guest that means to reboot through the i8042 never gets here.
+fn log_shutdown_state(index: usize, vcpu: &VcpuFd) {
+    let (Ok(regs), Ok(sregs)) = (vcpu.get_regs(), vcpu.get_sregs()) else {
+        log::info!("vcpu{index}: shutdown exit (triple fault); registers unreadable");
+        return;
+    };
+    let pending = vcpu.get_vcpu_events().map_or(String::from("?"), |e| {
+        format!(
+            "injected={} nr={} has_error={} error={:#x}",
+            e.exception.injected,
+            e.exception.nr,
+            e.exception.has_error_code,
+            e.exception.error_code
+        )
+    });
+    log::info!(
+        "vcpu{index}: shutdown exit (triple fault) at rip={:#x} rsp={:#x} cs={:#x} cr0={:#x} cr2={:#x} cr3={:#x} cr4={:#x} efer={:#x} rflags={:#x} exception: {pending}",
+        regs.rip,
+        regs.rsp,
+        sregs.cs.selector,
+        sregs.cr0,
+        sregs.cr2,
+        sregs.cr3,
+        sregs.cr4,
+        sregs.efer,
+        regs.rflags
+    );
 }
 
 /// The most data one port-I/O exit carries: KVM's I/O data page.
