@@ -54,17 +54,50 @@ per_boot=$(( stuck + 15 ))
 n=$(( rounds * $(wc -w <<<"$builds") * $(wc -w <<<"$kernels") * $(wc -w <<<"$cpus") * $(wc -w <<<"$consoles") ))
 echo "soak: $n boots ($builds; $kernels; cpus $cpus; console $consoles; $rounds rounds), mode $mode" >&2
 start=$(date +%s)
-NESTED_TIMEOUT=${NESTED_TIMEOUT:-$(( n * per_boot + 300 ))} run_payload "$mode" "$work/p" > "$work/out.txt" 2>&1 || true
+# The outer guest of the nested bed can end in the middle of a run (QEMU exits: no NESTED-EXIT, no
+# wedge message; seen with Volt and Firecracker alike). Then the boot in flight is recorded as
+# result=bed-ended and the payload starts again after it, at most 10 times.
+: > "$work/out.txt"
+for attempt in $(seq 1 10); do
+  done_n=$(grep -c '^SOAK-START ' "$work/out.txt" || true)
+  left=$(( n - done_n ))
+  [ "$attempt" -gt 1 ] && echo "soak: the outer guest ended early; starting again after boot $done_n" >&2
+  sed -i '/^SOAK_SKIP=/d' "$work/p/env.sh"; echo "SOAK_SKIP=$done_n" >> "$work/p/env.sh"
+  NESTED_CONSOLE=1 NESTED_TIMEOUT=${NESTED_TIMEOUT:-$(( left * per_boot + 300 ))} \
+    run_payload "$mode" "$work/p" > "$work/attempt.txt" 2> "$work/console.txt" || true
+  cat "$work/attempt.txt" >> "$work/out.txt"
+  grep -q '^SOAK-DONE' "$work/attempt.txt" && break
+  grep -qE '^NESTED-(EXIT|TIMEOUT)' "$work/attempt.txt" && break
+  last=$(grep '^SOAK-START ' "$work/attempt.txt" | tail -1)
+  [ -z "$last" ] && break
+  id=$(cut -d' ' -f2 <<<"$last")
+  if ! sed -n "/^SOAK-START $id /,\$p" "$work/attempt.txt" | grep -q '^SOAK-BOOT '; then
+    echo "SOAK-BOOT ${last#SOAK-START $id } result=bed-ended" >> "$work/out.txt"
+    echo "SOAK-BED-ENDED during: ${last#SOAK-START } (outer console's last lines below)" >> "$work/out.txt"
+    tail -15 "$work/console.txt" | sed 's/^/SOAK-BED-CONSOLE /' >> "$work/out.txt"
+  fi
+done
 echo "soak: payload finished in $(( $(date +%s) - start )) s" >&2
 [ -n "$raw" ] && cp "$work/out.txt" "$raw"
-grep -E '^(SOAK-HANG|SOAK-REPORT|SOAK-TASK|SOAK-STACK|SOAK-KVM|SOAK-EXIT|SOAK-AGAIN|SOAK-FAIL|SOAK-OUT|FC-|NESTED-)' "$work/out.txt" || true
+# Guest RIPs in thread reports, named from the kernels' symbols (the boots run with nokaslr).
+# Debian ships no System.map with its kernel; kallsyms-finder (pip install vmlinux-to-elf) reads
+# the symbol table out of the image itself.
+maps=("own=$("$repo/perf/guest/build-kernel.sh" 2>/dev/null)/vmlinux")
+if command -v kallsyms-finder >/dev/null; then
+  kallsyms-finder "$("$repo/perf/guest/fetch-debian-kernel.sh" 2>/dev/null)/vmlinuz" > "$work/stock.map" 2>/dev/null \
+    && maps+=("stock=$work/stock.map")
+else
+  echo "soak: no kallsyms-finder (pip install vmlinux-to-elf): stock-kernel RIPs stay unnamed" >&2
+fi
+grep -E '^(SOAK-HANG|SOAK-REPORT|SOAK-TASK|SOAK-STACK|SOAK-KVM|SOAK-AGAIN|SOAK-FAIL|SOAK-OUT|SOAK-BED|FC-|NESTED-)' "$work/out.txt" \
+  | python3 "$repo/perf/symbolize.py" "${maps[@]}" || true
 echo
-echo "| build | boots | passed | failed | hung |"
-echo "|---|---|---|---|---|"
+echo "| build | boots | passed | failed | hung | bed ended during it |"
+echo "|---|---|---|---|---|---|"
 for b in $names; do
   grep "^SOAK-BOOT build=$b " "$work/out.txt" | awk -v b="$b" '
     { n++; for (i = 1; i <= NF; i++) if ($i ~ /^result=/) r[substr($i, 8)]++ }
-    END { printf "| %s | %d | %d | %d | %d |\n", b, n, r["pass"], r["fail"], r["hung"] }'
+    END { printf "| %s | %d | %d | %d | %d | %d |\n", b, n, r["pass"], r["fail"], r["hung"], r["bed-ended"] }'
 done
 echo "bed wedges (outer guest, not Volt): $(grep -c '^NESTED-WEDGED' "$work/out.txt" || true)"
 grep -q SOAK-DONE "$work/out.txt" || { echo "soak: the payload did not finish (see above)"; exit 1; }

@@ -109,6 +109,12 @@ pub struct VcpuState {
     exits: AtomicU64,
     /// Exits answered on the vCPU thread (see [`crate::fast_path`]).
     local: AtomicU64,
+    /// Set by the reporter: the thread stores the guest's RIP at its next pass between two
+    /// `KVM_RUN`s (the reporter kicks it out of the guest to get there).
+    rip_wanted: AtomicBool,
+    /// The guest RIP last sampled, and how many samples were taken so far.
+    guest_rip: AtomicU64,
+    rip_samples: AtomicU64,
 }
 
 impl VcpuState {
@@ -124,6 +130,18 @@ impl VcpuState {
     /// The thread answered an exit itself.
     pub fn answered_locally(&self) {
         self.local.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether the reporter asked for the guest's RIP (a relaxed load: cheap on every exit).
+    pub fn rip_wanted(&self) -> bool {
+        self.rip_wanted.load(Ordering::Relaxed)
+    }
+
+    /// The vCPU thread answers [`VcpuState::rip_wanted`].
+    pub fn store_rip(&self, rip: u64) {
+        self.guest_rip.store(rip, Ordering::Relaxed);
+        self.rip_wanted.store(false, Ordering::Relaxed);
+        self.rip_samples.fetch_add(1, Ordering::Release);
     }
 
     /// The thread hands `access` to the loop.
@@ -228,7 +246,9 @@ impl ThreadStates {
 
     /// The report, one line per thread. `channel_depth` is the number of vCPU messages the loop
     /// has not taken yet.
-    pub fn report(&self, reason: &str, channel_depth: usize) -> String {
+    ///
+    /// `rips[i]` are guest RIPs sampled from vCPU `i` just before (see [`sample_guest_rips`]).
+    pub fn report(&self, reason: &str, channel_depth: usize, rips: &[Vec<u64>]) -> String {
         let mut out = format!(
             "volt: thread report ({reason}) at {} ms; {channel_depth} vCPU message(s) queued for the loop\n",
             clock::since_start().as_millis()
@@ -243,9 +263,16 @@ impl ThreadStates {
                 4 => "stopped".to_string(),
                 _ => "starting".to_string(),
             };
+            let sampled = match rips.get(index) {
+                Some(rips) if !rips.is_empty() => {
+                    let list: Vec<String> = rips.iter().map(|r| format!("{r:#x}")).collect();
+                    format!("; guest rip={}", list.join(","))
+                }
+                _ => String::new(),
+            };
             let _ = writeln!(
                 out,
-                "  vcpu{index} (tid {}): {phase}; {exits} exits handed to the loop (last a {access}), {} answered itself",
+                "  vcpu{index} (tid {}): {phase}; {exits} exits handed to the loop (last a {access}), {} answered itself{sampled}",
                 vcpu.tid.load(Ordering::Relaxed),
                 vcpu.local.load(Ordering::Relaxed)
             );
@@ -327,6 +354,51 @@ impl ReportSignal {
     }
 }
 
+/// Guest RIPs of every vCPU: `samples` rounds, `gap` apart. Each round asks every vCPU thread
+/// for its RIP, calls `kick` (which interrupts `KVM_RUN`) and waits up to 50 ms for the answers;
+/// a vCPU that does not answer in time (waiting for the loop, or stopped) is left out.
+pub fn sample_guest_rips(
+    states: &ThreadStates,
+    kick: &dyn Fn(),
+    samples: usize,
+    gap: Duration,
+) -> Vec<Vec<u64>> {
+    let mut rips = vec![Vec::new(); states.vcpus.len()];
+    for round in 0..samples {
+        if round > 0 {
+            std::thread::sleep(gap);
+        }
+        let before: Vec<u64> = states
+            .vcpus
+            .iter()
+            .map(|v| {
+                v.rip_wanted.store(true, Ordering::Relaxed);
+                v.rip_samples.load(Ordering::Acquire)
+            })
+            .collect();
+        kick();
+        let deadline = Instant::now() + Duration::from_millis(50);
+        loop {
+            let answered = states
+                .vcpus
+                .iter()
+                .zip(&before)
+                .all(|(v, b)| v.rip_samples.load(Ordering::Acquire) != *b);
+            if answered || Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        for ((v, b), out) in states.vcpus.iter().zip(&before).zip(&mut rips) {
+            if v.rip_samples.load(Ordering::Acquire) != *b {
+                out.push(v.guest_rip.load(Ordering::Relaxed));
+            }
+            v.rip_wanted.store(false, Ordering::Relaxed);
+        }
+    }
+    rips
+}
+
 /// Waits until `done` is signalled (the event loop ended), printing a thread report on stderr
 /// for every `SIGUSR1` and, with `watchdog`, once whenever no thread made progress for that long.
 pub fn wait_reporting(
@@ -335,6 +407,7 @@ pub fn wait_reporting(
     states: &ThreadStates,
     channel: &Sender<VcpuMessage>,
     watchdog: Option<Duration>,
+    kick: &dyn Fn(),
 ) {
     let tick = watchdog.map_or(-1, |w| w.as_millis().clamp(100, 1000) as i32);
     let mut last_progress = (states.progress(), Instant::now());
@@ -366,7 +439,8 @@ pub fn wait_reporting(
             return;
         }
         if fds[1].revents != 0 && signal.take() {
-            eprint!("{}", states.report("SIGUSR1", channel.len()));
+            let rips = sample_guest_rips(states, kick, 4, Duration::from_millis(20));
+            eprint!("{}", states.report("SIGUSR1", channel.len(), &rips));
         }
         if let Some(limit) = watchdog {
             let now = states.progress();
@@ -376,7 +450,8 @@ pub fn wait_reporting(
             } else if !reported_stall && last_progress.1.elapsed() >= limit {
                 reported_stall = true;
                 let reason = format!("watchdog: no progress for {} s", limit.as_secs());
-                eprint!("{}", states.report(&reason, channel.len()));
+                let rips = sample_guest_rips(states, kick, 4, Duration::from_millis(20));
+                eprint!("{}", states.report(&reason, channel.len(), &rips));
             }
         }
     }
@@ -407,6 +482,26 @@ mod tests {
     }
 
     #[test]
+    fn rip_samples_come_from_the_vcpus_that_answer_the_kick() {
+        let states = ThreadStates::new(2);
+        let kicks_seen = std::cell::Cell::new(0u64);
+        // vCPU 0 answers every kick with a new RIP; vCPU 1 never answers (waiting for the loop).
+        let kick = || {
+            kicks_seen.set(kicks_seen.get() + 1);
+            if states.vcpus[0].rip_wanted() {
+                states.vcpus[0].store_rip(0x1000 + kicks_seen.get());
+            }
+        };
+        let rips = sample_guest_rips(&states, &kick, 3, Duration::ZERO);
+        assert_eq!(kicks_seen.get(), 3);
+        assert_eq!(rips, vec![vec![0x1001, 0x1002, 0x1003], vec![]]);
+        assert!(
+            !states.vcpus[1].rip_wanted(),
+            "an unanswered request is withdrawn"
+        );
+    }
+
+    #[test]
     fn report_names_each_thread_phase_and_access() {
         let states = ThreadStates::new(2);
         states.vcpus[0].set(VcpuPhase::InGuest);
@@ -421,7 +516,11 @@ mod tests {
         let before = states.progress();
         states.event_loop.woke();
         assert!(states.progress() > before, "a wake-up is progress");
-        let report = states.report("test", 5);
+        let report = states.report("test", 5, &[vec![0xffff_ffff_8100_0000, 0x10], vec![]]);
+        assert!(
+            report.contains("0 answered itself; guest rip=0xffffffff81000000,0x10\n  vcpu1"),
+            "{report}"
+        );
         assert!(report.contains("5 vCPU message(s) queued"), "{report}");
         assert!(report.contains("vcpu0 (tid 0): in KVM_RUN"), "{report}");
         assert!(

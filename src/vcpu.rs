@@ -158,13 +158,18 @@ impl VcpuHandle {
         std::os::unix::thread::JoinHandleExt::as_pthread_t(&self.thread)
     }
 
+    /// Interrupts `KVM_RUN` once (the thread goes on unless it was asked to stop).
+    pub fn kick(&self) {
+        if let Err(e) = self.thread.kill(kick_signal()) {
+            log::debug!("kick of vcpu{} failed: {e}", self.index);
+        }
+    }
+
     /// Interrupts `KVM_RUN` until the thread has seen `stop` and ended. A single signal can
     /// arrive just before the thread enters `KVM_RUN` and be lost, hence the repetition.
     pub fn stop_and_join(self) {
         while !self.thread.is_finished() {
-            if let Err(e) = self.thread.kill(kick_signal()) {
-                log::debug!("kick of vcpu{} failed: {e}", self.index);
-            }
+            self.kick();
             thread::sleep(std::time::Duration::from_millis(1));
         }
         if self.thread.join().is_err() {
@@ -279,6 +284,10 @@ fn run_vcpu(
             if let Unparked::Stop = pause.park_if_requested(index, &mut vcpu, send, stop) {
                 return VcpuStop::Requested;
             }
+        }
+        if state.rip_wanted() {
+            // A thread report asked where the guest is (it kicked us out of KVM_RUN for it).
+            state.store_rip(vcpu.get_regs().map_or(0, |r| r.rip));
         }
         state.set(VcpuPhase::InGuest);
         let delivered = match vcpu.run() {

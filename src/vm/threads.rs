@@ -180,6 +180,7 @@ impl RunningVm {
             &self.states,
             &self.channel,
             self.watchdog,
+            &|| self.vcpus.iter().for_each(VcpuHandle::kick),
         );
         drop(self.channel);
         let result = self.loop_thread.join();

@@ -1,0 +1,55 @@
+#!/usr/bin/env python3
+"""Names the guest RIPs in Volt's thread reports: every `rip=0x..,0x..` list on stdin gets each
+address followed by (symbol+offset) from a System.map (a vmlinux also works: its `nm` output is
+read). With several NAME=MAP arguments, a line containing `kernel=NAME` (perf/soak.sh's hang
+lines) selects the map for the lines after it; the first is the default.
+
+usage: perf/symbolize.py [NAME=]MAP_OR_VMLINUX... < report.txt
+"""
+import bisect
+import re
+import subprocess
+import sys
+
+
+def load(path):
+    if open(path, "rb").read(4) == b"\x7fELF":
+        text = subprocess.run(["nm", "-n", path], capture_output=True, text=True).stdout
+    else:
+        text = open(path, encoding="ascii", errors="replace").read()
+    symbols = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[1] in "tTwW":
+            symbols.append((int(parts[0], 16), parts[2]))
+    symbols.sort()
+    return symbols
+
+
+def main():
+    maps = {}
+    for arg in sys.argv[1:]:
+        label, _, path = arg.rpartition("=")
+        maps[label or path] = load(path)
+    current = next(iter(maps.values()), [])
+
+    def name(match):
+        addr = int(match.group(0), 16)
+        i = bisect.bisect_right(current, (addr, "\uffff")) - 1
+        if i >= 0 and addr - current[i][0] < 0x10000 and i + 1 < len(current):
+            start, sym = current[i]
+            return f"{match.group(0)}({sym}+{addr - start:#x})"
+        return match.group(0)
+
+    for line in sys.stdin:
+        chosen = re.search(r"kernel=(\S+)", line)
+        if chosen and chosen.group(1) in maps:
+            current = maps[chosen.group(1)]
+        if "rip=" in line:
+            head, _, tail = line.partition("rip=")
+            line = head + "rip=" + re.sub(r"0x[0-9a-f]+", name, tail, count=8)
+        sys.stdout.write(line)
+
+
+if __name__ == "__main__":
+    main()
