@@ -16,6 +16,7 @@ pub mod mptable;
 pub mod paging;
 pub mod params;
 pub mod regs;
+pub mod vcpu_count;
 
 use std::fs::File;
 
@@ -27,8 +28,9 @@ pub use acpi::{AcpiError, VirtioMmioDevice};
 pub use cpuid::CpuidError;
 pub use layout::{create_guest_memory, guest_ram_ranges};
 pub use loader::LoaderError;
-pub use mptable::{MptableError, MAX_CPUS};
+pub use mptable::MptableError;
 pub use regs::RegsError;
+pub use vcpu_count::{VcpuCount, VcpuCountError, VcpuIndex, MAX_VCPUS};
 
 use layout::ZERO_PAGE_START;
 
@@ -44,10 +46,6 @@ pub struct BootEntry {
 /// Everything that can go wrong while preparing a guest to boot.
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
-    #[error("--cpus must be 1..={MAX_CPUS}, got {0}")]
-    CpuCount(u8),
-    #[error("vCPU index {index} is out of range for {num_cpus} vCPUs")]
-    VcpuIndex { index: u8, num_cpus: u8 },
     #[error(
         "guest memory size {0} bytes is invalid: it must be a multiple of 4 KiB and at least 2 MiB"
     )]
@@ -79,37 +77,28 @@ pub enum BootError {
     },
 }
 
-fn check_cpus(num_cpus: u8) -> Result<(), BootError> {
-    if num_cpus == 0 || num_cpus > MAX_CPUS {
-        return Err(BootError::CpuCount(num_cpus));
-    }
-    Ok(())
-}
-
 fn memory(what: &'static str) -> impl FnOnce(vm_memory::GuestMemoryError) -> BootError {
     move |source| BootError::Memory { what, source }
 }
 
 /// Writes the tables every 64-bit start needs: GDT, identity page tables and the MP table.
 /// Enough on its own for raw images that start in 64-bit mode at a known address.
-pub fn write_boot_tables(mem: &GuestMemoryMmap, num_cpus: u8) -> Result<(), BootError> {
-    check_cpus(num_cpus)?;
+pub fn write_boot_tables(mem: &GuestMemoryMmap, vcpus: VcpuCount) -> Result<(), BootError> {
     gdt::write_gdt(mem).map_err(memory("GDT"))?;
     paging::write_identity_page_tables(mem).map_err(memory("page tables"))?;
-    mptable::setup_mptable(mem, num_cpus)?;
+    mptable::setup_mptable(mem, vcpus)?;
     Ok(())
 }
 
-/// Writes the ACPI tables (RSDP, XSDT, FADT, MADT, DSDT) for `num_cpus` vCPUs and the VM's
+/// Writes the ACPI tables (RSDP, XSDT, FADT, MADT, DSDT) for `vcpus` vCPUs and the VM's
 /// virtio-mmio devices. Called once, after [`load_linux`] or [`write_boot_tables`] and before any
 /// vCPU runs.
 pub fn write_acpi_tables(
     mem: &GuestMemoryMmap,
-    num_cpus: u8,
+    vcpus: VcpuCount,
     virtio: &[VirtioMmioDevice],
 ) -> Result<(), BootError> {
-    check_cpus(num_cpus)?;
-    acpi::setup_acpi(mem, num_cpus, virtio)?;
+    acpi::setup_acpi(mem, vcpus, virtio)?;
     Ok(())
 }
 
@@ -119,9 +108,8 @@ pub fn load_linux(
     kernel: &mut File,
     initrd: Option<&mut File>,
     cmdline: &str,
-    num_cpus: u8,
+    vcpus: VcpuCount,
 ) -> Result<BootEntry, BootError> {
-    check_cpus(num_cpus)?;
     let loaded = loader::load_kernel(mem, kernel)?;
     let header = loaded.setup_header;
     let kernel_cmdline_max = header.map_or(0, |h| h.cmdline_size);
@@ -144,29 +132,25 @@ pub fn load_linux(
     });
     let zero_page = GuestAddress(ZERO_PAGE_START);
     params::write_boot_params(mem, &boot_params, zero_page).map_err(memory("zero page"))?;
-    write_boot_tables(mem, num_cpus)?;
+    write_boot_tables(mem, vcpus)?;
     Ok(BootEntry {
         entry: loaded.entry,
         boot_params: zero_page,
     })
 }
 
-/// Per-vCPU setup: CPUID (topology for `index` of `num_cpus`), LAPIC LINT0/LINT1, and with
+/// Per-vCPU setup: CPUID (topology for `index` of its VM's vCPUs), LAPIC LINT0/LINT1, and with
 /// `start` long mode at its entry. Without `start` the vCPU (an AP) waits for INIT/SIPI; with
 /// `start` on an AP it is made runnable right away (raw images that start every vCPU).
 pub fn configure_vcpu(
     vcpu: &VcpuFd,
     mem: &GuestMemoryMmap,
     supported_cpuid: &CpuId,
-    index: u8,
-    num_cpus: u8,
+    vcpu_index: VcpuIndex,
     start: Option<&BootEntry>,
 ) -> Result<(), BootError> {
-    check_cpus(num_cpus)?;
-    if index >= num_cpus {
-        return Err(BootError::VcpuIndex { index, num_cpus });
-    }
-    let cpuid = cpuid::vcpu_cpuid(supported_cpuid, index, num_cpus)?;
+    let index = vcpu_index.get();
+    let cpuid = cpuid::vcpu_cpuid(supported_cpuid, vcpu_index)?;
     vcpu.set_cpuid2(&cpuid).map_err(|source| BootError::Kvm {
         what: "set the CPUID",
         index,
@@ -176,7 +160,7 @@ pub fn configure_vcpu(
     regs::setup_lapic_lints(vcpu)?;
     if let Some(start) = start {
         regs::setup_long_mode(vcpu, mem, start.entry, Some(start.boot_params))?;
-        if index != 0 {
+        if !vcpu_index.is_boot() {
             let runnable = kvm_mp_state {
                 mp_state: KVM_MP_STATE_RUNNABLE,
             };
@@ -206,6 +190,14 @@ mod tests {
 
     const MEM: u64 = 64 << 20;
 
+    fn n(count: u8) -> VcpuCount {
+        VcpuCount::new(count).unwrap()
+    }
+
+    fn nth(index: u8, count: u8) -> VcpuIndex {
+        n(count).index(index).unwrap()
+    }
+
     fn file_with(bytes: &[u8]) -> File {
         let mut f = tempfile::tempfile().unwrap();
         f.write_all(bytes).unwrap();
@@ -231,7 +223,7 @@ mod tests {
         let initrd_data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
         let mut initrd = file_with(&initrd_data);
         let cmdline = "console=ttyS0 panic=1";
-        let start = load_linux(&mem, &mut kernel, Some(&mut initrd), cmdline, 2).unwrap();
+        let start = load_linux(&mem, &mut kernel, Some(&mut initrd), cmdline, n(2)).unwrap();
         assert_eq!(start.entry, GuestAddress(0x20_0000));
         assert_eq!(start.boot_params, GuestAddress(ZERO_PAGE_START));
 
@@ -282,7 +274,7 @@ mod tests {
         let mem = create_guest_memory(mem_bytes).unwrap();
         let mut kernel = file_with(&tiny_elf(0x100_0000, &[0xf4], 0x1000));
         let mut initrd = file_with(&[7u8; 4096]);
-        load_linux(&mem, &mut kernel, Some(&mut initrd), "", 4).unwrap();
+        load_linux(&mem, &mut kernel, Some(&mut initrd), "", n(4)).unwrap();
         let p = zero_page(&mem);
         assert_eq!(p.e820_entries, 5);
         let last = p.e820_table[4];
@@ -300,7 +292,7 @@ mod tests {
         let mut payload = vec![0u8; 0x200];
         payload.extend_from_slice(&LONG_MODE_PROBE);
         let mut kernel = file_with(&tiny_bzimage(0x20f, 1, &payload));
-        let start = load_linux(&mem, &mut kernel, None, "quiet", 1).unwrap();
+        let start = load_linux(&mem, &mut kernel, None, "quiet", n(1)).unwrap();
         assert_eq!(start.entry, GuestAddress(HIMEM_START + 0x200));
         let p = zero_page(&mem);
         assert_eq!(
@@ -317,7 +309,7 @@ mod tests {
         };
         let cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).unwrap();
         let mut vcpu = vm.create_vcpu(0).unwrap();
-        configure_vcpu(&vcpu, &mem, &cpuid, 0, 1, Some(&start)).unwrap();
+        configure_vcpu(&vcpu, &mem, &cpuid, nth(0, 1), Some(&start)).unwrap();
         assert_eq!(run_collect_io(&mut vcpu, 5), probe_expected_outs(0x7000));
     }
 
@@ -325,7 +317,7 @@ mod tests {
     fn boot_vcpu_runs_the_kernel_and_aps_wait_for_sipi() {
         let mem = create_guest_memory(MEM).unwrap();
         let mut kernel = file_with(&tiny_elf(0x20_0000, &LONG_MODE_PROBE, 0x1000));
-        let start = load_linux(&mem, &mut kernel, None, "", 2).unwrap();
+        let start = load_linux(&mem, &mut kernel, None, "", n(2)).unwrap();
         let Some((kvm, vm)) = test_vm("boot_vcpu_runs_the_kernel_and_aps_wait_for_sipi", &mem)
         else {
             return;
@@ -333,8 +325,8 @@ mod tests {
         let cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).unwrap();
         let mut bsp = vm.create_vcpu(0).unwrap();
         let ap = vm.create_vcpu(1).unwrap();
-        configure_vcpu(&bsp, &mem, &cpuid, 0, 2, Some(&start)).unwrap();
-        configure_vcpu(&ap, &mem, &cpuid, 1, 2, None).unwrap();
+        configure_vcpu(&bsp, &mem, &cpuid, nth(0, 2), Some(&start)).unwrap();
+        configure_vcpu(&ap, &mem, &cpuid, nth(1, 2), None).unwrap();
 
         let ap_cpuid = ap.get_cpuid2(KVM_MAX_CPUID_ENTRIES).unwrap();
         let leaf1 = ap_cpuid
@@ -354,7 +346,7 @@ mod tests {
     #[test]
     fn raw_image_starts_on_every_vcpu() {
         let mem = create_guest_memory(MEM).unwrap();
-        write_boot_tables(&mem, 2).unwrap();
+        write_boot_tables(&mem, n(2)).unwrap();
         let entry = GuestAddress(0x30_0000);
         mem.write_slice(&APIC_ID_PROBE, entry).unwrap();
         let Some((kvm, vm)) = test_vm("raw_image_starts_on_every_vcpu", &mem) else {
@@ -366,9 +358,9 @@ mod tests {
             boot_params: GuestAddress(ZERO_PAGE_START),
         };
         let mut vcpus = Vec::new();
-        for index in 0..2u8 {
-            let vcpu = vm.create_vcpu(u64::from(index)).unwrap();
-            configure_vcpu(&vcpu, &mem, &cpuid, index, 2, Some(&start)).unwrap();
+        for index in n(2).indices() {
+            let vcpu = vm.create_vcpu(u64::from(index.get())).unwrap();
+            configure_vcpu(&vcpu, &mem, &cpuid, index, Some(&start)).unwrap();
             vcpus.push(vcpu);
         }
         // Run the AP first: it must not need the BSP to send INIT/SIPI.
@@ -382,28 +374,15 @@ mod tests {
     fn user_facing_errors() {
         let mem = create_guest_memory(MEM).unwrap();
         let mut junk = file_with(b"#!/bin/sh\necho not a kernel\n");
-        let err = load_linux(&mem, &mut junk, None, "", 1).unwrap_err();
+        let err = load_linux(&mem, &mut junk, None, "", n(1)).unwrap_err();
         assert_eq!(
             err.to_string(),
             "kernel image is neither ELF vmlinux nor bzImage"
         );
 
-        for cpus in [0u8, 255] {
-            let mut kernel = file_with(&tiny_elf(0x20_0000, &[0xf4], 1));
-            let err = load_linux(&mem, &mut kernel, None, "", cpus).unwrap_err();
-            assert_eq!(
-                err.to_string(),
-                format!("--cpus must be 1..=254, got {cpus}")
-            );
-            assert!(matches!(
-                write_boot_tables(&mem, cpus),
-                Err(BootError::CpuCount(_))
-            ));
-        }
-
         let mut kernel = file_with(&tiny_elf(0x20_0000, &[0xf4], 1));
         let mut initrd = file_with(&vec![0u8; 63 << 20]);
-        let err = load_linux(&mem, &mut kernel, Some(&mut initrd), "", 1).unwrap_err();
+        let err = load_linux(&mem, &mut kernel, Some(&mut initrd), "", n(1)).unwrap_err();
         assert_eq!(
             err.to_string(),
             format!(
@@ -413,7 +392,7 @@ mod tests {
         );
 
         let mut dir = File::open("/").unwrap();
-        let err = load_linux(&mem, &mut dir, None, "", 1).unwrap_err();
+        let err = load_linux(&mem, &mut dir, None, "", n(1)).unwrap_err();
         assert!(
             err.to_string()
                 .starts_with("cannot read the kernel image: "),
@@ -425,7 +404,7 @@ mod tests {
 
         // Boot tables need the low memory they live in.
         let tiny = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x8000)]).unwrap();
-        let err = write_boot_tables(&tiny, 1).unwrap_err();
+        let err = write_boot_tables(&tiny, n(1)).unwrap_err();
         assert!(
             matches!(
                 err,
@@ -449,7 +428,7 @@ mod tests {
         for path in paths.split(':').filter(|p| !p.is_empty()) {
             let mem = create_guest_memory(256 << 20).unwrap();
             let mut kernel = File::open(path).unwrap();
-            let start = load_linux(&mem, &mut kernel, None, "console=ttyS0", 2)
+            let start = load_linux(&mem, &mut kernel, None, "console=ttyS0", n(2))
                 .unwrap_or_else(|e| panic!("{path}: {e}"));
             let p = zero_page(&mem);
             eprintln!(
@@ -480,7 +459,7 @@ mod tests {
             eprintln!("SKIP: boots_real_linux_from_env: VOLT_BOOT_LINUX is not set");
             return;
         };
-        let num_cpus = 2u8;
+        let num_cpus = n(2);
         let mem = create_guest_memory(256 << 20).unwrap();
         let mut kernel = File::open(&path).unwrap();
         let cmdline = "earlyprintk=serial,ttyS0,115200 keep_bootcon pci=off panic=-1 loglevel=8";
@@ -493,10 +472,10 @@ mod tests {
             .unwrap();
         let cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).unwrap();
         let console = Arc::new(Mutex::new(Vec::<u8>::new()));
-        for index in 0..num_cpus {
-            let mut vcpu = vm.create_vcpu(u64::from(index)).unwrap();
-            let boot = (index == 0).then_some(&start);
-            configure_vcpu(&vcpu, &mem, &cpuid, index, num_cpus, boot).unwrap();
+        for index in num_cpus.indices() {
+            let mut vcpu = vm.create_vcpu(u64::from(index.get())).unwrap();
+            let boot = index.is_boot().then_some(&start);
+            configure_vcpu(&vcpu, &mem, &cpuid, index, boot).unwrap();
             let console = console.clone();
             // The threads stay in KVM_RUN until the process exits.
             std::thread::spawn(move || loop {
@@ -544,19 +523,5 @@ mod tests {
         ] {
             assert!(text.contains(expected), "guest console lacks {expected:?}");
         }
-    }
-
-    #[test]
-    fn configure_vcpu_rejects_bad_indices() {
-        let mem = create_guest_memory(MEM).unwrap();
-        let Some((kvm, vm)) = test_vm("configure_vcpu_rejects_bad_indices", &mem) else {
-            return;
-        };
-        let cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).unwrap();
-        let vcpu = vm.create_vcpu(0).unwrap();
-        let err = configure_vcpu(&vcpu, &mem, &cpuid, 2, 2, None).unwrap_err();
-        assert_eq!(err.to_string(), "vCPU index 2 is out of range for 2 vCPUs");
-        let err = configure_vcpu(&vcpu, &mem, &cpuid, 0, 0, None).unwrap_err();
-        assert!(matches!(err, BootError::CpuCount(0)));
     }
 }

@@ -81,7 +81,8 @@ impl From<&BalloonLayout> for BalloonConfig {
 /// What the VM was built from, kept for its snapshots.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MachineLayout {
-    pub vcpus: u8,
+    /// Checked when the state file is read: a count outside 1..=254 does not parse.
+    pub vcpus: crate::boot::VcpuCount,
     pub mem_bytes: u64,
     /// Disks then network cards, in slot order; the rng and the balloon follow them.
     pub backends: Vec<VirtioBackend>,
@@ -329,13 +330,7 @@ pub fn load(state_path: &Path, mem_path: &Path, resume: bool) -> Result<Restore,
 
 fn check_consistent(snapshot: &VmSnapshot) -> Result<(), SnapshotError> {
     let machine = &snapshot.machine;
-    if machine.vcpus == 0 || machine.vcpus > crate::vm::MAX_VCPUS {
-        return Err(SnapshotError::Inconsistent(format!(
-            "{} vCPUs",
-            machine.vcpus
-        )));
-    }
-    if snapshot.vcpus.len() != usize::from(machine.vcpus) {
+    if snapshot.vcpus.len() != machine.vcpus.as_usize() {
         return Err(SnapshotError::Inconsistent(format!(
             "{} vCPU states for {} vCPUs",
             snapshot.vcpus.len(),
