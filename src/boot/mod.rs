@@ -20,7 +20,7 @@ pub mod vcpu_count;
 
 use std::fs::File;
 
-use kvm_bindings::{kvm_mp_state, CpuId, KVM_MP_STATE_RUNNABLE};
+use kvm_bindings::CpuId;
 use kvm_ioctls::VcpuFd;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
@@ -139,9 +139,10 @@ pub fn load_linux(
     })
 }
 
-/// Per-vCPU setup: CPUID (topology for `index` of its VM's vCPUs), LAPIC LINT0/LINT1, and with
-/// `start` long mode at its entry. Without `start` the vCPU (an AP) waits for INIT/SIPI; with
-/// `start` on an AP it is made runnable right away (raw images that start every vCPU).
+/// Per-vCPU setup: CPUID (topology for `vcpu_index` of its VM's vCPUs), LAPIC LINT0/LINT1,
+/// and with `start` (the boot vCPU of a Linux boot) long mode at its entry. Without `start`
+/// the vCPU waits for INIT/SIPI, as an AP does (raw test images start every vCPU themselves:
+/// `vm::raw`).
 pub fn configure_vcpu(
     vcpu: &VcpuFd,
     mem: &GuestMemoryMmap,
@@ -160,17 +161,6 @@ pub fn configure_vcpu(
     regs::setup_lapic_lints(vcpu)?;
     if let Some(start) = start {
         regs::setup_long_mode(vcpu, mem, start.entry, Some(start.boot_params))?;
-        if !vcpu_index.is_boot() {
-            let runnable = kvm_mp_state {
-                mp_state: KVM_MP_STATE_RUNNABLE,
-            };
-            vcpu.set_mp_state(runnable)
-                .map_err(|source| BootError::Kvm {
-                    what: "make runnable",
-                    index,
-                    source,
-                })?;
-        }
     }
     Ok(())
 }
@@ -208,13 +198,6 @@ mod tests {
     fn zero_page(mem: &GuestMemoryMmap) -> boot_params {
         mem.read_obj(GuestAddress(ZERO_PAGE_START)).unwrap()
     }
-
-    /// mov eax,1; cpuid; mov eax,ebx; shr eax,24; mov dx,0x3f8; out dx,eax; hlt:
-    /// reports the initial APIC id the guest sees.
-    const APIC_ID_PROBE: [u8; 20] = [
-        0xb8, 0x01, 0x00, 0x00, 0x00, 0x0f, 0xa2, 0x89, 0xd8, 0xc1, 0xe8, 0x18, 0x66, 0xba, 0xf8,
-        0x03, 0xef, 0xf4, 0x90, 0x90,
-    ];
 
     #[test]
     fn load_linux_elf_with_initrd_writes_everything() {
@@ -344,33 +327,6 @@ mod tests {
     }
 
     #[test]
-    fn raw_image_starts_on_every_vcpu() {
-        let mem = create_guest_memory(MEM).unwrap();
-        write_boot_tables(&mem, n(2)).unwrap();
-        let entry = GuestAddress(0x30_0000);
-        mem.write_slice(&APIC_ID_PROBE, entry).unwrap();
-        let Some((kvm, vm)) = test_vm("raw_image_starts_on_every_vcpu", &mem) else {
-            return;
-        };
-        let cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).unwrap();
-        let start = BootEntry {
-            entry,
-            boot_params: GuestAddress(ZERO_PAGE_START),
-        };
-        let mut vcpus = Vec::new();
-        for index in n(2).indices() {
-            let vcpu = vm.create_vcpu(u64::from(index.get())).unwrap();
-            configure_vcpu(&vcpu, &mem, &cpuid, index, Some(&start)).unwrap();
-            vcpus.push(vcpu);
-        }
-        // Run the AP first: it must not need the BSP to send INIT/SIPI.
-        for index in [1u8, 0] {
-            let outs = run_collect_io(&mut vcpus[usize::from(index)], 1);
-            assert_eq!(outs, vec![(0x3f8, u32::from(index).to_le_bytes().to_vec())]);
-        }
-    }
-
-    #[test]
     fn user_facing_errors() {
         let mem = create_guest_memory(MEM).unwrap();
         let mut junk = file_with(b"#!/bin/sh\necho not a kernel\n");
@@ -443,85 +399,6 @@ mod tests {
             } else {
                 assert!(start.entry.0 >= HIMEM_START, "{path}");
             }
-        }
-    }
-
-    /// Boots the real kernel in VOLT_BOOT_LINUX on 2 vCPUs with just enough of a serial port
-    /// (a THR that prints and an LSR that is always ready) for earlyprintk, and checks that
-    /// Linux took our e820 map and MP table, brought up both CPUs and got to mounting root.
-    /// Needs a real KVM: run it through ../shared/nested-kvm/run.sh (PVM cannot boot Linux).
-    #[test]
-    fn boots_real_linux_from_env() {
-        use std::sync::{Arc, Mutex};
-        use std::time::{Duration, Instant};
-
-        let Ok(path) = std::env::var("VOLT_BOOT_LINUX") else {
-            eprintln!("SKIP: boots_real_linux_from_env: VOLT_BOOT_LINUX is not set");
-            return;
-        };
-        let num_cpus = n(2);
-        let mem = create_guest_memory(256 << 20).unwrap();
-        let mut kernel = File::open(&path).unwrap();
-        let cmdline = "earlyprintk=serial,ttyS0,115200 keep_bootcon pci=off panic=-1 loglevel=8";
-        let start = load_linux(&mem, &mut kernel, None, cmdline, num_cpus).unwrap();
-        let Some((kvm, vm)) = test_vm("boots_real_linux_from_env", &mem) else {
-            return;
-        };
-        vm.set_tss_address(0xfffb_d000).unwrap();
-        vm.create_pit2(kvm_bindings::kvm_pit_config::default())
-            .unwrap();
-        let cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).unwrap();
-        let console = Arc::new(Mutex::new(Vec::<u8>::new()));
-        for index in num_cpus.indices() {
-            let mut vcpu = vm.create_vcpu(u64::from(index.get())).unwrap();
-            let boot = index.is_boot().then_some(&start);
-            configure_vcpu(&vcpu, &mem, &cpuid, index, boot).unwrap();
-            let console = console.clone();
-            // The threads stay in KVM_RUN until the process exits.
-            std::thread::spawn(move || loop {
-                match vcpu.run() {
-                    Ok(kvm_ioctls::VcpuExit::IoOut(0x3f8, data)) => {
-                        console.lock().unwrap().extend_from_slice(data)
-                    }
-                    Ok(kvm_ioctls::VcpuExit::IoIn(port, data)) => {
-                        data.fill(0);
-                        if port == 0x3fd {
-                            data[0] = 0x60; // LSR: transmitter empty
-                        }
-                    }
-                    Ok(kvm_ioctls::VcpuExit::MmioRead(_, data)) => data.fill(0),
-                    Ok(kvm_ioctls::VcpuExit::IoOut(..) | kvm_ioctls::VcpuExit::MmioWrite(..)) => {}
-                    // An AP's KVM_RUN returns EAGAIN once it has taken INIT (before SIPI).
-                    Err(e) if e.errno() == libc::EAGAIN || e.errno() == libc::EINTR => {}
-                    exit => {
-                        let text = format!("\n[vcpu {index} stopped: {exit:?}]\n");
-                        console.lock().unwrap().extend_from_slice(text.as_bytes());
-                        return;
-                    }
-                }
-            });
-        }
-        let done = ["Unable to mount root", "Kernel panic", "stopped: "];
-        let deadline = Instant::now() + Duration::from_secs(120);
-        let text = loop {
-            std::thread::sleep(Duration::from_millis(200));
-            let text = String::from_utf8_lossy(&console.lock().unwrap()).into_owned();
-            if done.iter().any(|d| text.contains(d)) || Instant::now() > deadline {
-                break text;
-            }
-        };
-        eprintln!("----- guest console -----\n{text}\n-------------------------");
-        for expected in [
-            "Linux version",
-            "BIOS-e820: [mem 0x0000000000000000-0x000000000009fbff] usable",
-            "BIOS-e820: [mem 0x000000000009fc00-0x000000000009ffff] reserved",
-            "BIOS-e820: [mem 0x0000000000100000-0x000000000fffffff] usable",
-            "Intel MultiProcessor Specification v1.4",
-            "OEM ID: NOVAFLAR",
-            "Brought up 1 node, 2 CPUs",
-            "Unable to mount root",
-        ] {
-            assert!(text.contains(expected), "guest console lacks {expected:?}");
         }
     }
 }
