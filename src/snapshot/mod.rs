@@ -167,7 +167,7 @@ pub enum SnapshotError {
     #[error("cannot restore: {0}")]
     Inconsistent(String),
     #[error("saving the vCPUs failed: {0}")]
-    Vcpus(String),
+    Vcpus(#[source] crate::pause::SaveError),
     #[error("vCPU state: {0}")]
     VcpuState(#[from] VcpuStateError),
     #[error("KVM {what} failed: {source}")]
