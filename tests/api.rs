@@ -261,8 +261,6 @@ fn a_config_file_boots_the_vm_without_the_api() {
 fn keyboard_echo_guest() -> Vec<u8> {
     assemble(|a| {
         let mut wait = a.create_label();
-        let mut nibble_done = a.create_label();
-        let mut low_done = a.create_label();
         a.xor(ebx, ebx)?;
         a.mov(dx, 0x3f8u32)?;
         a.mov(al, b'>' as u32)?;
@@ -273,23 +271,22 @@ fn keyboard_echo_guest() -> Vec<u8> {
         a.jz(wait)?;
         a.in_(al, 0x60u32)?;
         a.mov(cl, al)?;
-        // High nibble.
-        a.shr(al, 4u32)?;
-        a.add(al, b'0' as u32)?;
-        a.cmp(al, b'9' as u32)?;
-        a.jbe(nibble_done)?;
-        a.add(al, 7u32)?;
-        a.set_label(&mut nibble_done)?;
-        a.out(dx, al)?;
-        // Low nibble.
-        a.mov(al, cl)?;
-        a.and(al, 0xfu32)?;
-        a.add(al, b'0' as u32)?;
-        a.cmp(al, b'9' as u32)?;
-        a.jbe(low_done)?;
-        a.add(al, 7u32)?;
-        a.set_label(&mut low_done)?;
-        a.out(dx, al)?;
+        // The high nibble, then the low one, as a hex digit.
+        for high in [true, false] {
+            let mut digit = a.create_label();
+            a.mov(al, cl)?;
+            if high {
+                a.shr(al, 4u32)?;
+            } else {
+                a.and(al, 0xfu32)?;
+            }
+            a.add(al, b'0' as u32)?;
+            a.cmp(al, b'9' as u32)?;
+            a.jbe(digit)?;
+            a.add(al, 7u32)?;
+            a.set_label(&mut digit)?;
+            a.out(dx, al)?;
+        }
         a.mov(al, b' ' as u32)?;
         a.out(dx, al)?;
         a.inc(ebx)?;
