@@ -387,3 +387,36 @@ pub fn restore_devices(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_layout_keeps_its_vcpu_count_as_a_number_and_refuses_a_bad_one() {
+        let layout = MachineLayout {
+            vcpus: crate::boot::VcpuCount::new(4u8).unwrap(),
+            mem_bytes: 128 << 20,
+            backends: Vec::new(),
+            rng: true,
+            balloon: None,
+            acpi: true,
+            vsock: false,
+        };
+        let json = serde_json::to_string(&layout).unwrap();
+        assert!(json.contains(r#""vcpus":4"#), "{json}");
+        assert_eq!(
+            serde_json::from_str::<MachineLayout>(&json).unwrap(),
+            layout
+        );
+        for bad in ["0", "255"] {
+            let json = json.replace(r#""vcpus":4"#, &format!(r#""vcpus":{bad}"#));
+            let err = serde_json::from_str::<MachineLayout>(&json).unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains(&format!("the vCPU count must be 1 to 254, not {bad}")),
+                "{err}"
+            );
+        }
+    }
+}
