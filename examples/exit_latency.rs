@@ -55,7 +55,7 @@ fn guest(port: u16, write: bool, count: u64) -> Vec<u8> {
 
 fn run(port: u16, write: bool, count: u64) -> f64 {
     let config = VmConfig {
-        vcpus: 1,
+        vcpus: volt::vm::VcpuCount::ONE,
         mem_bytes: 64 << 20,
         boot: BootSource::Raw {
             code: guest(port, write, count),

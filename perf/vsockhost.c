@@ -22,50 +22,14 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "guest/tools/fdio.h"
+
 static char buf[256 * 1024];
 
 static double now(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-static int write_all(int fd, const char *p, size_t n) {
-  while (n > 0) {
-    ssize_t w = write(fd, p, n);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      return -1;
-    }
-    p += w;
-    n -= (size_t)w;
-  }
-  return 0;
-}
-
-static int read_line(int fd, char *line, size_t max) {
-  size_t n = 0;
-  while (n + 1 < max) {
-    char c;
-    ssize_t r = read(fd, &c, 1);
-    if (r < 0 && errno == EINTR) continue;
-    if (r <= 0) return -1;
-    if (c == '\n') break;
-    line[n++] = c;
-  }
-  line[n] = 0;
-  return (int)n;
-}
-
-static int read_exact(int fd, char *p, size_t n) {
-  while (n > 0) {
-    ssize_t r = read(fd, p, n);
-    if (r < 0 && errno == EINTR) continue;
-    if (r <= 0) return -1;
-    p += r;
-    n -= (size_t)r;
-  }
-  return 0;
 }
 
 static struct sockaddr_un unix_addr(const char *path) {

@@ -9,7 +9,7 @@ use devices::virtio::BlockEngine;
 use devices::virtio::BalloonConfig;
 
 use crate::sandbox::SeccompMode;
-use crate::vm::{DiskConfig, NetConfig, MAX_VCPUS};
+use crate::vm::{DiskConfig, NetConfig, VcpuCount};
 
 /// Kernel command line used when `--cmdline` is not given. `reboot=k` makes a guest reboot
 /// go through the i8042 (which ends the VM), `panic=1` turns a panic into such a reboot; the
@@ -51,8 +51,8 @@ pub struct RunArgs {
     pub kernel: Option<String>,
 
     /// Number of vCPUs (1-254).
-    #[arg(long, default_value = "1", value_parser = parse_cpus)]
-    pub cpus: u8,
+    #[arg(long, default_value = "1")]
+    pub cpus: VcpuCount,
 
     /// Guest memory: a number with an optional K, M, G suffix (plain numbers are MiB).
     #[arg(long, default_value = "128M", value_parser = parse_mem_size, value_name = "SIZE")]
@@ -254,19 +254,6 @@ fn parse_size(value: &str, what: &str, name: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{name} '{value}' is too large"))
 }
 
-fn parse_cpus(value: &str) -> Result<u8, String> {
-    let count: u32 = value
-        .trim()
-        .parse()
-        .map_err(|_| format!("'{value}' is not a number of vCPUs"))?;
-    match u8::try_from(count) {
-        Ok(n) if (1..=MAX_VCPUS).contains(&n) => Ok(n),
-        _ => Err(format!(
-            "{count} vCPUs requested; Volt supports 1 to {MAX_VCPUS}"
-        )),
-    }
-}
-
 /// Parses `256M`, `1G`, `512MiB`, `65536K` or a plain number of MiB into bytes.
 pub fn parse_mem_size(value: &str) -> Result<u64, String> {
     let bytes = parse_size(value, "a memory size (try 256M or 1G)", "memory size")?;
@@ -347,7 +334,7 @@ fn parse_net(value: &str) -> Result<NetConfig, String> {
     let mut mac = None;
     for option in parts {
         match option.split_once('=') {
-            Some(("mac", text)) => mac = Some(parse_mac(text)?),
+            Some(("mac", text)) => mac = Some(parse_mac(text).map_err(|e| e.to_string())?),
             _ => {
                 return Err(format!(
                     "unknown network option '{option}' (only mac=xx:xx:xx:xx:xx:xx)"
@@ -361,7 +348,17 @@ fn parse_net(value: &str) -> Result<NetConfig, String> {
     })
 }
 
-pub fn parse_mac(text: &str) -> Result<[u8; 6], String> {
+/// Why a MAC address was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MacError {
+    #[error("'{0}' is not a MAC address like 52:54:00:12:34:56")]
+    Malformed(String),
+    #[error("'{0}' is a multicast address; a network card needs a unicast MAC")]
+    Multicast(String),
+}
+
+pub fn parse_mac(text: &str) -> Result<[u8; 6], MacError> {
+    let malformed = || MacError::Malformed(text.to_string());
     let bytes: Vec<u8> = text
         .split(':')
         .map(|b| {
@@ -372,14 +369,10 @@ pub fn parse_mac(text: &str) -> Result<[u8; 6], String> {
             }
         })
         .collect::<Option<_>>()
-        .ok_or_else(|| format!("'{text}' is not a MAC address like 52:54:00:12:34:56"))?;
-    let mac: [u8; 6] = bytes
-        .try_into()
-        .map_err(|_| format!("'{text}' is not a MAC address like 52:54:00:12:34:56"))?;
+        .ok_or_else(malformed)?;
+    let mac: [u8; 6] = bytes.try_into().map_err(|_| malformed())?;
     if mac[0] & 1 == 1 {
-        return Err(format!(
-            "'{text}' is a multicast address; a network card needs a unicast MAC"
-        ));
+        return Err(MacError::Multicast(text.to_string()));
     }
     Ok(mac)
 }
@@ -395,7 +388,7 @@ mod tests {
     #[test]
     fn defaults_are_one_vcpu_and_128_mib() {
         let cli = parse(&["--kernel", "vmlinux"]).unwrap();
-        assert_eq!(cli.run.cpus, 1);
+        assert_eq!(cli.run.cpus, VcpuCount::ONE);
         assert_eq!(cli.run.mem, 128 << 20);
         assert_eq!(cli.run.cmdline(), DEFAULT_CMDLINE);
         assert!(cli
@@ -421,11 +414,13 @@ mod tests {
 
     #[test]
     fn vcpu_counts_outside_1_to_254_are_refused() {
-        assert_eq!(parse(&["--cpus", "4"]).unwrap().run.cpus, 4);
-        assert_eq!(parse(&["--cpus", "254"]).unwrap().run.cpus, 254);
+        assert_eq!(parse(&["--cpus", "4"]).unwrap().run.cpus.get(), 4);
+        assert_eq!(parse(&["--cpus", "254"]).unwrap().run.cpus.get(), 254);
         for bad in ["0", "255", "1000", "two"] {
             let err = parse(&["--cpus", bad]).unwrap_err().to_string();
             assert!(err.contains("--cpus"), "{bad}: {err}");
+            assert!(err.contains("must be"), "{bad}: {err}");
+            assert!(err.contains("1 to 254"), "{bad}: {err}");
         }
     }
 

@@ -5,10 +5,11 @@ use std::error::Error as _;
 use std::io;
 use std::path::PathBuf;
 
-use crate::api::ApiSocketError;
+use crate::api::{ApiSocketError, SpecError};
 use crate::event_loop::VmExit;
 use crate::kernel_store::KernelStoreError;
 use crate::sandbox::SandboxError;
+use crate::snapshot::dir::SnapshotDirError;
 use crate::vm::VmError;
 
 #[derive(Debug, thiserror::Error)]
@@ -31,12 +32,15 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    /// The config file's JSON or its values are wrong (the text names what).
-    #[error("config file {path}: {problem}")]
-    Config { path: PathBuf, problem: String },
-    /// The snapshot directory cannot be used (the text names why).
-    #[error("{0}")]
-    SnapshotDir(String),
+    /// The config file's JSON or its values are wrong.
+    #[error("config file {path}: {source}")]
+    Config {
+        path: PathBuf,
+        #[source]
+        source: SpecError,
+    },
+    #[error(transparent)]
+    SnapshotDir(#[from] SnapshotDirError),
     #[error("the guest stopped abnormally: {0:?}")]
     GuestFailed(VmExit),
 }

@@ -49,7 +49,7 @@ impl VmInfo {
         VmInfo {
             id: "volt".to_string(),
             machine: MachineConfigBody {
-                vcpu_count: spec.vcpus,
+                vcpu_count: spec.vcpus.get(),
                 mem_size_mib: spec.mem_bytes >> 20,
                 ..MachineConfigBody::default()
             },

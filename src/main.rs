@@ -71,9 +71,9 @@ fn spec_from_file(path: &std::path::Path) -> Result<CheckedSpec, Error> {
     })?;
     VmSpec::from_json(&text)
         .and_then(|spec| spec.check())
-        .map_err(|problem| Error::Config {
+        .map_err(|source| Error::Config {
             path: path.to_path_buf(),
-            problem,
+            source,
         })
 }
 
@@ -86,8 +86,7 @@ fn run_vm(args: &RunArgs) -> Result<ExitCode, Error> {
     sandbox::close_inherited_fds()?;
     let snapshot_dir = match &args.snapshot_dir {
         Some(dir) => {
-            let (fd, canonical) =
-                volt::snapshot::dir::open_snapshot_dir(dir).map_err(Error::SnapshotDir)?;
+            let (fd, canonical) = volt::snapshot::dir::open_snapshot_dir(dir)?;
             sandbox::set_snapshot_dir_fd(fd);
             Some(canonical)
         }

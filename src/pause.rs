@@ -15,7 +15,7 @@ use std::time::Duration;
 use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
 use kvm_ioctls::VcpuFd;
 
-use crate::snapshot::vcpu_state::{save_vcpu, VcpuSnapshot};
+use crate::snapshot::vcpu_state::{save_vcpu, VcpuSnapshot, VcpuStateError};
 use crate::vcpu::{kick_signal, VcpuMessage};
 
 /// How often a parked thread checks whether the VMM is stopping.
@@ -26,7 +26,24 @@ pub enum VcpuCommand {
     /// Run the guest again.
     Resume,
     /// Read the vCPU's state and send it back.
-    Save(Sender<Result<VcpuSnapshot, String>>),
+    Save(Sender<Result<VcpuSnapshot, VcpuStateError>>),
+}
+
+/// Why the vCPUs' state could not be saved.
+#[derive(Debug, thiserror::Error)]
+pub enum SaveError {
+    #[error("the vCPUs are not paused")]
+    NotPaused,
+    #[error("a vCPU thread is gone")]
+    ThreadGone,
+    #[error("vcpu{0} did not answer the save request")]
+    NoAnswer(usize),
+    #[error("vcpu{index}: {source}")]
+    State {
+        index: usize,
+        #[source]
+        source: VcpuStateError,
+    },
 }
 
 /// A vCPU thread's end of the pause protocol.
@@ -63,7 +80,7 @@ impl VcpuPause {
             match self.commands.recv_timeout(PARK_SLICE) {
                 Ok(VcpuCommand::Resume) => return Unparked::Run,
                 Ok(VcpuCommand::Save(reply)) => {
-                    let _ = reply.send(save_vcpu(vcpu).map_err(|e| format!("vcpu{index}: {e}")));
+                    let _ = reply.send(save_vcpu(vcpu));
                 }
                 Err(RecvTimeoutError::Timeout) if !stop.load(Ordering::Acquire) => {}
                 Err(_) => return Unparked::Stop,
@@ -169,16 +186,16 @@ impl PauseControl {
     }
 
     /// The state of every vCPU, in index order; the vCPUs must be parked.
-    pub fn save_all(&self, timeout: Duration) -> Result<Vec<VcpuSnapshot>, String> {
+    pub fn save_all(&self, timeout: Duration) -> Result<Vec<VcpuSnapshot>, SaveError> {
         if !self.all_parked() {
-            return Err("the vCPUs are not paused".to_string());
+            return Err(SaveError::NotPaused);
         }
         let mut replies = Vec::with_capacity(self.commands.len());
         for commands in &self.commands {
             let (tx, rx) = crossbeam_channel::bounded(1);
             commands
                 .send(VcpuCommand::Save(tx))
-                .map_err(|_| "a vCPU thread is gone".to_string())?;
+                .map_err(|_| SaveError::ThreadGone)?;
             replies.push(rx);
         }
         replies
@@ -186,7 +203,8 @@ impl PauseControl {
             .enumerate()
             .map(|(index, rx)| {
                 rx.recv_timeout(timeout)
-                    .map_err(|_| format!("vcpu{index} did not answer the save request"))?
+                    .map_err(|_| SaveError::NoAnswer(index))?
+                    .map_err(|source| SaveError::State { index, source })
             })
             .collect()
     }

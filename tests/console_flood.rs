@@ -1,18 +1,20 @@
 //! The `volt` binary with its console on a terminal that is full: stdin and stdout are one
 //! pseudo-terminal description, as in a shell, so stdin's O_NONBLOCK reaches stdout and the
 //! console's writes meet EAGAIN. A guest prints 48 KiB while nobody reads the terminal; every
-//! byte must arrive, in order, once the terminal is read.
+//! byte must arrive, in order, once the terminal is read. Below it, the fix itself on the same
+//! kind of terminal: `terminal::reopen_private` gives stdin a description of its own.
 
 mod common;
 
 use std::fs::File;
 use std::io::Read;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
 use iced_x86::code_asm::*;
+use volt::terminal::reopen_private;
 
 const BYTES: u32 = 48 * 1024;
 
@@ -147,4 +149,73 @@ fn a_full_terminal_loses_no_console_output() {
         out.len().min(want.len()),
         want.len()
     );
+}
+
+fn flags(fd: RawFd) -> libc::c_int {
+    // SAFETY: fcntl(F_GETFL) takes no pointer.
+    unsafe { libc::fcntl(fd, libc::F_GETFL) }
+}
+
+fn set_nonblocking(fd: RawFd) {
+    let new_flags = flags(fd) | libc::O_NONBLOCK;
+    // SAFETY: fcntl(F_SETFL) with an integer argument.
+    let ret = unsafe { libc::fcntl(fd, libc::F_SETFL, new_flags) };
+    assert_eq!(ret, 0);
+}
+
+/// A pseudo-terminal's slave side, opened once and duplicated: like a shell's stdin and
+/// stdout, two fds on one open file description. With the master, which must stay open.
+fn shared_terminal() -> Option<(File, OwnedFd, OwnedFd)> {
+    let (master, slave) = open_pty()?;
+    let stdout = slave.try_clone().ok()?;
+    Some((master, slave, stdout))
+}
+
+#[test]
+fn nonblocking_stdin_does_not_leak_onto_a_shared_terminal_stdout() {
+    let Some((_master, stdin, stdout)) = shared_terminal() else {
+        eprintln!("SKIP: no pseudo-terminal available");
+        return;
+    };
+    // Without a private description the flag is shared: the bug.
+    set_nonblocking(stdin.as_raw_fd());
+    assert_ne!(flags(stdout.as_raw_fd()) & libc::O_NONBLOCK, 0);
+    // SAFETY: fcntl(F_SETFL) with an integer argument.
+    unsafe { libc::fcntl(stdin.as_raw_fd(), libc::F_SETFL, libc::O_RDWR) };
+
+    assert!(reopen_private(stdin.as_raw_fd(), libc::O_RDONLY).unwrap());
+    set_nonblocking(stdin.as_raw_fd());
+    assert_eq!(flags(stdout.as_raw_fd()) & libc::O_NONBLOCK, 0);
+    // Still the same terminal.
+    // SAFETY: isatty takes no pointer.
+    assert_eq!(unsafe { libc::isatty(stdin.as_raw_fd()) }, 1);
+}
+
+#[test]
+fn a_pipe_gets_a_private_description_and_a_file_is_left_alone() {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two fds into the valid array.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: fresh fds owned by nobody else.
+    let (read_end, write_end) =
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: F_DUPFD_CLOEXEC takes an integer.
+    let shared = unsafe {
+        OwnedFd::from_raw_fd(libc::fcntl(write_end.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0))
+    };
+    assert!(reopen_private(write_end.as_raw_fd(), libc::O_WRONLY).unwrap());
+    set_nonblocking(write_end.as_raw_fd());
+    assert_eq!(flags(shared.as_raw_fd()) & libc::O_NONBLOCK, 0);
+    // Writes through the private description reach the same pipe.
+    // SAFETY: valid buffer of the given length.
+    let written = unsafe { libc::write(write_end.as_raw_fd(), b"x".as_ptr().cast(), 1) };
+    assert_eq!(written, 1);
+    let mut byte = 0u8;
+    // SAFETY: valid one-byte buffer.
+    let read = unsafe { libc::read(read_end.as_raw_fd(), (&mut byte as *mut u8).cast(), 1) };
+    assert_eq!(read, 1);
+    assert_eq!(byte, b'x');
+
+    let file = tempfile::tempfile().unwrap();
+    assert!(!reopen_private(file.as_raw_fd(), libc::O_WRONLY).unwrap());
 }

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::guests::map_high_gib_uncached;
+use common::guests::{map_high_gib_uncached, virtio_mmio_init};
 use common::*;
 use devices::virtio::BalloonConfig;
 use iced_x86::code_asm::*;
@@ -24,8 +24,8 @@ const BALLOON_QUEUES: u64 = 0x90_0000;
 const REPORTED: u64 = 0x100_0000;
 const REPORTED_LEN: u32 = 0x20_0000;
 
-fn balloon_queue(index: u64) -> u64 {
-    BALLOON_QUEUES + index * 0x4000
+fn balloon_queue(index: u32) -> u64 {
+    BALLOON_QUEUES + u64::from(index) * 0x4000
 }
 
 /// Writes `byte` to the serial port.
@@ -33,36 +33,6 @@ fn putc(a: &mut CodeAssembler, byte: u8) -> Result<(), IcedError> {
     a.mov(dx, 0x3f8u32)?;
     a.mov(al, u32::from(byte))?;
     a.out(dx, al)
-}
-
-/// Device init through the registers at rbx: VERSION_1 plus `features_low`, then `queues`
-/// queues of 8 entries at `queue_addr(i)`, then DRIVER_OK.
-fn init_device(
-    a: &mut CodeAssembler,
-    features_low: u32,
-    queues: u64,
-    queue_addr: impl Fn(u64) -> u64,
-) -> Result<(), IcedError> {
-    a.mov(dword_ptr(rbx + 0x70), 1u32)?;
-    a.mov(dword_ptr(rbx + 0x70), 3u32)?;
-    a.mov(dword_ptr(rbx + 0x24), 1u32)?;
-    a.mov(dword_ptr(rbx + 0x20), 1u32)?; // VIRTIO_F_VERSION_1 (bit 32)
-    a.mov(dword_ptr(rbx + 0x24), 0u32)?;
-    a.mov(dword_ptr(rbx + 0x20), features_low)?;
-    a.mov(dword_ptr(rbx + 0x70), 0xbu32)?;
-    for index in 0..queues {
-        let base = queue_addr(index);
-        a.mov(dword_ptr(rbx + 0x30), index as u32)?;
-        a.mov(dword_ptr(rbx + 0x38), 8u32)?;
-        a.mov(dword_ptr(rbx + 0x80), base as u32)?;
-        a.mov(dword_ptr(rbx + 0x84), 0u32)?;
-        a.mov(dword_ptr(rbx + 0x90), (base + 0x1000) as u32)?;
-        a.mov(dword_ptr(rbx + 0x94), 0u32)?;
-        a.mov(dword_ptr(rbx + 0xa0), (base + 0x2000) as u32)?;
-        a.mov(dword_ptr(rbx + 0xa4), 0u32)?;
-        a.mov(dword_ptr(rbx + 0x44), 1u32)?;
-    }
-    a.mov(dword_ptr(rbx + 0x70), 0xfu32)
 }
 
 /// Publishes descriptor 0 (`addr`, `len`, device-writable) as the first request of the queue
@@ -108,7 +78,7 @@ fn guest() -> Vec<u8> {
         // virtio-rng: one 64-byte request. Prints 'R', the used length + '0' ('p' for 64) and
         // 'N' if the first 8 bytes are not all zero.
         a.mov(rbx, RNG_BASE)?;
-        init_device(a, 0, 1, |_| RNG_QUEUE)?;
+        virtio_mmio_init(a, 0, 1, |_| RNG_QUEUE)?;
         submit_and_wait(a, RNG_QUEUE, 0, RNG_BUF, 64)?;
         putc(a, b'R')?;
         a.mov(rdi, RNG_QUEUE)?;
@@ -127,7 +97,7 @@ fn guest() -> Vec<u8> {
         // virtio-balloon with free page reporting: inflateq, deflateq, reporting_vq. Fill 2 MiB
         // with 0xa5, report it free, and print 'B' then 'Z' if it reads back as zeroes.
         a.mov(rbx, BALLOON_BASE)?;
-        init_device(a, 1 << 5, 3, balloon_queue)?;
+        virtio_mmio_init(a, 1 << 5, 3, balloon_queue)?;
         a.mov(rdi, REPORTED)?;
         a.mov(rcx, u64::from(REPORTED_LEN) / 8)?;
         a.mov(rax, 0xa5a5_a5a5_a5a5_a5a5u64)?;

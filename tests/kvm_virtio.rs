@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::guests::map_high_gib_uncached;
+use common::guests::{map_high_gib_uncached, virtio_mmio_init};
 use common::*;
 use devices::virtio::BlockEngine;
 use iced_x86::code_asm::*;
@@ -210,21 +210,7 @@ fn block_read_guest() -> Vec<u8> {
 
         // virtio-mmio init: ACKNOWLEDGE, DRIVER, VERSION_1, FEATURES_OK, queue 0, DRIVER_OK.
         a.mov(rbx, VIRTIO_BASE)?;
-        a.mov(dword_ptr(rbx + 0x70), 1u32)?;
-        a.mov(dword_ptr(rbx + 0x70), 3u32)?;
-        a.mov(dword_ptr(rbx + 0x24), 1u32)?;
-        a.mov(dword_ptr(rbx + 0x20), 1u32)?;
-        a.mov(dword_ptr(rbx + 0x24), 0u32)?;
-        a.mov(dword_ptr(rbx + 0x20), 0u32)?;
-        a.mov(dword_ptr(rbx + 0x70), 0xbu32)?;
-        a.mov(dword_ptr(rbx + 0x30), 0u32)?;
-        a.mov(dword_ptr(rbx + 0x38), 8u32)?;
-        for (reg, addr) in [(0x80, BLK_DESC), (0x90, BLK_AVAIL), (0xa0, BLK_USED)] {
-            a.mov(dword_ptr(rbx + reg), addr as u32)?;
-            a.mov(dword_ptr(rbx + reg + 4), 0u32)?;
-        }
-        a.mov(dword_ptr(rbx + 0x44), 1u32)?;
-        a.mov(dword_ptr(rbx + 0x70), 0xfu32)?;
+        virtio_mmio_init(a, 0, 1, |_| BLK_DESC)?;
         // Kick queue 0 (ioeventfd), then poll the used index for a while.
         a.mov(dword_ptr(rbx + 0x50), 0u32)?;
         a.mov(rdi, BLK_USED)?;

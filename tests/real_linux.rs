@@ -265,6 +265,15 @@ fn debian_kernels_find_cpus_disk_and_nic_through_acpi_and_poweroff_ends_vmm() {
 fn debian_stock_kernel_with_acpi_off_brings_up_smp_from_the_mp_table() {
     let name = "stock-mptable-cpus4";
     let Some(case) = boot(name) else { return };
+    // Linux took Volt's e820 map (256 MiB: the EBDA and the ACPI/BIOS area reserved).
+    for e820 in [
+        "BIOS-e820: [mem 0x0000000000000000-0x000000000009fbff] usable",
+        "BIOS-e820: [mem 0x000000000009fc00-0x000000000009ffff] reserved",
+        "BIOS-e820: [mem 0x0000000000100000-0x000000000fffffff] usable",
+    ] {
+        assert_serial_contains(name, case, e820);
+    }
+    assert_serial_contains(name, case, "Intel MultiProcessor Specification v1.4");
     assert_serial_contains(name, case, "found SMP MP-table");
     assert_serial_contains(name, case, "MPTABLE: OEM ID: NOVAFLAR");
     assert_serial_contains(name, case, "MPTABLE: Product ID: VOLT VM");

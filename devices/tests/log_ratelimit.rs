@@ -7,8 +7,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -38,23 +36,6 @@ impl log::Log for Capture {
     fn flush(&self) {}
 }
 
-fn socketpair_tap() -> (Tap, File) {
-    let mut fds = [0; 2];
-    // SAFETY: socketpair writes two fds into the valid 2-element array.
-    let ret = unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    };
-    assert_eq!(ret, 0);
-    // SAFETY: both fds are fresh and owned by nobody else.
-    let (a, b) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    (Tap::from_file(File::from(a), "pair0"), File::from(b))
-}
-
 #[test]
 fn hostile_guest_gets_a_bounded_number_of_log_lines() {
     log::set_logger(&Capture).unwrap();
@@ -62,7 +43,7 @@ fn hostile_guest_gets_a_bounded_number_of_log_lines() {
     let start = Instant::now();
     const ROUNDS: u32 = 20_000;
 
-    let (tap, _host) = socketpair_tap();
+    let (tap, _host) = Tap::socketpair("pair0").unwrap();
     let mut driver = Driver::new(Box::new(Net::with_tap(tap, [2, 0, 0, 0, 0, 1])));
     let evt = EventFd::new(EFD_NONBLOCK).unwrap();
     let mut i8042 = I8042::new(evt.try_clone().unwrap());

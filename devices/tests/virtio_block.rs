@@ -45,22 +45,13 @@ fn block_driver(file: &tempfile::NamedTempFile, read_only: bool, engine: BlockEn
     driver
 }
 
-fn write_header(driver: &Driver, at: u64, request_type: u32, sector: u64) {
-    driver
-        .mem
-        .write_obj(request_type, GuestAddress(at))
-        .unwrap();
-    driver.mem.write_obj(0u32, GuestAddress(at + 4)).unwrap();
-    driver.mem.write_obj(sector, GuestAddress(at + 8)).unwrap();
-}
-
 fn status_byte(driver: &Driver, at: u64) -> u8 {
     driver.mem.read_obj(GuestAddress(at)).unwrap()
 }
 
 /// Submits one request (header, data, status), kicks, returns (status, used length).
 fn request(driver: &mut Driver, request_type: u32, sector: u64, data: Option<Buf>) -> (u8, u32) {
-    write_header(driver, HDR, request_type, sector);
+    driver.write_blk_header(HDR, request_type, sector);
     driver.mem.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
     let mut bufs = vec![Buf::r(HDR, 16)];
     bufs.extend(data);
@@ -125,7 +116,7 @@ fn write_then_read_back_through_the_queue(engine: BlockEngine) {
 
     // Read it back into a different buffer, split in two descriptors.
     let readback = DATA + 0x10000;
-    write_header(&driver, HDR, T_IN, 3);
+    driver.write_blk_header(HDR, T_IN, 3);
     let head = driver.add_chain(
         0,
         &[
@@ -153,7 +144,7 @@ fn several_requests_in_one_kick_all_complete(engine: BlockEngine) {
     for i in 0..8u64 {
         let hdr = HDR + i * 32;
         let status = STATUS + i;
-        write_header(&driver, hdr, T_IN, i);
+        driver.write_blk_header(hdr, T_IN, i);
         heads.push(driver.add_chain(
             0,
             &[
@@ -250,7 +241,7 @@ fn malformed_chains_get_an_error_status_or_are_dropped(engine: BlockEngine) {
     assert_eq!(status, S_IOERR);
 
     // Header shorter than 16 bytes.
-    write_header(&driver, HDR, T_IN, 0);
+    driver.write_blk_header(HDR, T_IN, 0);
     driver.add_chain(0, &[Buf::r(HDR, 8), Buf::w(STATUS, 1)]);
     driver.kick(0);
     assert_eq!(driver.wait_used(0).map(|(_, len)| len), Some(1));
@@ -366,7 +357,7 @@ fn reset_in_the_middle_of_work_drops_queues_and_can_restart(engine: BlockEngine)
         .mem
         .write_slice(&[0x55; 512], GuestAddress(DATA))
         .unwrap();
-    write_header(&driver, HDR, T_OUT, 5);
+    driver.write_blk_header(HDR, T_OUT, 5);
     driver.add_chain(0, &[Buf::r(HDR, 16), Buf::r(DATA, 512), Buf::w(STATUS, 1)]);
     // The guest notifies, but resets before the loop gets to the event.
     driver.write32(REG_QUEUE_NOTIFY, 0);
@@ -565,7 +556,7 @@ fn many_requests_in_flight_beyond_the_ring_size(engine: BlockEngine) {
         let hdr = HDR + i * 16;
         let status = STATUS + 0x1000 + i;
         let sector = (i * 7) % DISK_SECTORS;
-        write_header(&driver, hdr, T_IN, sector);
+        driver.write_blk_header(hdr, T_IN, sector);
         driver.mem.write_obj(0xffu8, GuestAddress(status)).unwrap();
         let bufs = [
             Buf::r(hdr, 16),
@@ -612,15 +603,15 @@ fn flush_completes_after_the_writes_before_it(engine: BlockEngine) {
                     .mem
                     .write_slice(&[i as u8 + 1; 4096], GuestAddress(buf))
                     .unwrap();
-                write_header(&driver, hdr, T_OUT, i * 8);
+                driver.write_blk_header(hdr, T_OUT, i * 8);
                 vec![Buf::r(hdr, 16), Buf::r(buf, 4096), Buf::w(status, 1)]
             }
             8 => {
-                write_header(&driver, hdr, T_FLUSH, 0);
+                driver.write_blk_header(hdr, T_FLUSH, 0);
                 vec![Buf::r(hdr, 16), Buf::w(status, 1)]
             }
             _ => {
-                write_header(&driver, hdr, T_IN, (i - 9) * 8);
+                driver.write_blk_header(hdr, T_IN, (i - 9) * 8);
                 vec![Buf::r(hdr, 16), Buf::w(buf, 4096), Buf::w(status, 1)]
             }
         };
@@ -673,7 +664,7 @@ fn io_errors_fail_only_their_own_request(engine: BlockEngine) {
         } else {
             (T_IN, Buf::w(DATA + 0x1000 + i * 512, 512))
         };
-        write_header(&driver, hdr, kind, i);
+        driver.write_blk_header(hdr, kind, i);
         driver.mem.write_obj(0xffu8, GuestAddress(status)).unwrap();
         let head = driver.add_chain(0, &[Buf::r(hdr, 16), data, Buf::w(status, 1)]);
         kinds.insert(u32::from(head), i);
@@ -712,7 +703,7 @@ fn reads_past_a_shrunken_image_fail_per_request(engine: BlockEngine) {
     for (i, sector) in [(0u64, DISK_SECTORS - 1), (1, 3), (2, DISK_SECTORS / 2 - 1)] {
         let hdr = HDR + i * 16;
         let status = STATUS + i;
-        write_header(&driver, hdr, T_IN, sector);
+        driver.write_blk_header(hdr, T_IN, sector);
         // The last one straddles the new end: half of it is there.
         let len = if i == 2 { 1024 } else { 512 };
         let head = driver.add_chain(

@@ -5,7 +5,6 @@ mod common;
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{FromRawFd, OwnedFd};
 
 use common::*;
 use devices::virtio::{Net, Tap};
@@ -16,27 +15,9 @@ const TX: usize = 1;
 const VNET_HDR: usize = 12;
 const MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x42];
 
-/// Both ends of a non-blocking SOCK_SEQPACKET pair: (device side, host side).
-fn frame_pipe() -> (File, File) {
-    let mut fds = [0; 2];
-    // SAFETY: socketpair writes two fds into the valid 2-element array.
-    let ret = unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    };
-    assert_eq!(ret, 0, "socketpair: {}", std::io::Error::last_os_error());
-    // SAFETY: both fds are fresh and owned by nobody else.
-    let (a, b) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    (File::from(a), File::from(b))
-}
-
 fn driver() -> (Driver, File) {
-    let (device_end, host_end) = frame_pipe();
-    let net = Net::with_tap(Tap::from_file(device_end, "pair0"), MAC);
+    let (tap, host_end) = Tap::socketpair("pair0").unwrap();
+    let net = Net::with_tap(tap, MAC);
     let mut driver = Driver::new(Box::new(net));
     driver.init(F_VERSION_1 | F_EVENT_IDX, 2, 16);
     (driver, host_end)

@@ -25,12 +25,7 @@ fn disk() -> tempfile::NamedTempFile {
 
 /// One block request; returns the status byte.
 fn request(driver: &mut Driver, request_type: u32, sector: u64, data: Buf) -> u8 {
-    driver
-        .mem
-        .write_obj(request_type, GuestAddress(HDR))
-        .unwrap();
-    driver.mem.write_obj(0u32, GuestAddress(HDR + 4)).unwrap();
-    driver.mem.write_obj(sector, GuestAddress(HDR + 8)).unwrap();
+    driver.write_blk_header(HDR, request_type, sector);
     driver.mem.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
     driver.add_chain(0, &[Buf::r(HDR, 16), data, Buf::w(STATUS, 1)]);
     driver.kick(0);

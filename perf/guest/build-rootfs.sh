@@ -73,7 +73,7 @@ INIT
 )
 
 bb_version=$(dpkg-query -W -f='${Version}' busybox-static 2>/dev/null || sha256sum "$busybox" | cut -c1-16)
-extras=$( { cat "$here"/tools/*.c "$here"/scripts/*.sh 2>/dev/null || true; } | sha256sum | cut -c1-16)
+extras=$( { cat "$here"/tools/*.c "$here"/tools/*.h "$here"/scripts/*.sh 2>/dev/null || true; } | sha256sum | cut -c1-16)
 key=$(printf '%s\n%s\n%s\n%s\n%s\n' "$bb_version" "$size_mb" "$init_script" "$extras" "$(sed -n '/^mkdir -p "$cache"$/,$p' "$0")" | sha256sum | cut -c1-12)
 out="$cache/rootfs-$key.ext4"
 if [ -s "$out" ]; then

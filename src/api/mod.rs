@@ -10,7 +10,7 @@ mod server;
 pub use http::{parse_request, Method, Parsed, Request, Response, MAX_BODY_BYTES, MAX_HEAD_BYTES};
 pub use model::{
     route, ApiRequest, BootSourceBody, CheckedSpec, DriveBody, MachineConfigBody, MemBackend,
-    NetBody, SnapshotCreateBody, SnapshotLoadBody, VmSpec,
+    MemBackendError, NetBody, SnapshotCreateBody, SnapshotLoadBody, SpecError, VmSpec,
 };
 pub use preboot::{not_started, serve_until_start, StartedVm};
 pub use server::{ApiHandler, ApiServer, ApiSocketError, ClientId, API_TOKEN_BASE, MAX_CLIENTS};

@@ -9,8 +9,50 @@ use serde::{Deserialize, Serialize};
 use super::http::{Method, Request, Response};
 use devices::virtio::BlockEngine;
 
-use crate::cli::{parse_mac, MIN_MEM_BYTES};
-use crate::vm::{DiskConfig, NetConfig, MAX_VCPUS};
+use crate::boot::{VcpuCount, VcpuCountError};
+use crate::cli::{parse_mac, MacError, MIN_MEM_BYTES};
+use crate::vm::{DiskConfig, NetConfig};
+
+/// What is wrong with a VM description (PUT bodies or a config file); answered as a 400 with
+/// this text, or reported with the config file's name.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    #[error("invalid vcpu_count: {0}")]
+    VcpuCount(#[source] VcpuCountError),
+    #[error("smt is not supported")]
+    Smt,
+    #[error("mem_size_mib {0} is too large")]
+    MemTooLarge(u64),
+    #[error("mem_size_mib must be at least {min}, not {0}", min = MIN_MEM_BYTES >> 20)]
+    MemTooSmall(u64),
+    #[error("drive_id must not be empty")]
+    EmptyDriveId,
+    #[error("drive '{drive}' cannot be the root device: another drive ('{root}') is already the root device")]
+    SecondRootDrive { drive: String, root: String },
+    #[error("iface_id must not be empty")]
+    EmptyIfaceId,
+    #[error("guest_mac of '{iface}': {source}")]
+    GuestMac {
+        iface: String,
+        #[source]
+        source: MacError,
+    },
+    #[error("no boot source: PUT /boot-source first")]
+    NoBootSource,
+}
+
+/// What is wrong with the memory file fields of `PUT /snapshot/load`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MemBackendError {
+    #[error("give either mem_backend or mem_file_path, not both")]
+    Both,
+    #[error("mem_backend.backend_type '{0}' is not supported (only File)")]
+    BackendType(String),
+    #[error("mem_backend is missing")]
+    Missing,
+}
 
 /// `PUT /boot-source`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,18 +174,15 @@ pub struct SnapshotLoadBody {
 
 impl SnapshotLoadBody {
     /// The memory file, from whichever field named it.
-    pub fn mem_path(&self) -> Result<PathBuf, String> {
+    pub fn mem_path(&self) -> Result<PathBuf, MemBackendError> {
         match (&self.mem_backend, &self.mem_file_path) {
-            (Some(_), Some(_)) => {
-                Err("give either mem_backend or mem_file_path, not both".to_string())
+            (Some(_), Some(_)) => Err(MemBackendError::Both),
+            (Some(backend), None) if backend.backend_type != "File" => {
+                Err(MemBackendError::BackendType(backend.backend_type.clone()))
             }
-            (Some(backend), None) if backend.backend_type != "File" => Err(format!(
-                "mem_backend.backend_type '{}' is not supported (only File)",
-                backend.backend_type
-            )),
             (Some(backend), None) => Ok(backend.backend_path.clone()),
             (None, Some(path)) => Ok(path.clone()),
-            (None, None) => Err("mem_backend is missing".to_string()),
+            (None, None) => Err(MemBackendError::Missing),
         }
     }
 }
@@ -264,7 +303,7 @@ pub struct VmSpec {
 /// What a [`VmSpec`] amounts to, checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckedSpec {
-    pub vcpus: u8,
+    pub vcpus: VcpuCount,
     pub mem_bytes: u64,
     /// A path or a kernel-store name; `None` is the store's default kernel.
     pub kernel: Option<String>,
@@ -277,8 +316,8 @@ pub struct CheckedSpec {
 
 impl VmSpec {
     /// Reads a `--config-file`: the bodies of the PUTs in one JSON object.
-    pub fn from_json(text: &str) -> Result<VmSpec, String> {
-        let spec: VmSpec = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    pub fn from_json(text: &str) -> Result<VmSpec, SpecError> {
+        let spec: VmSpec = serde_json::from_str(text)?;
         check_machine_config(&spec.machine_config)?;
         let mut checked = VmSpec {
             machine_config: spec.machine_config.clone(),
@@ -294,24 +333,28 @@ impl VmSpec {
         Ok(checked)
     }
 
-    pub fn put_machine_config(&mut self, config: MachineConfigBody) -> Result<(), String> {
+    pub fn put_machine_config(&mut self, config: MachineConfigBody) -> Result<(), SpecError> {
         check_machine_config(&config)?;
         self.machine_config = config;
         Ok(())
     }
 
     /// Adds a drive or replaces the one with the same id.
-    pub fn put_drive(&mut self, drive: DriveBody) -> Result<(), String> {
+    pub fn put_drive(&mut self, drive: DriveBody) -> Result<(), SpecError> {
         if drive.drive_id.is_empty() {
-            return Err("drive_id must not be empty".to_string());
+            return Err(SpecError::EmptyDriveId);
         }
-        if drive.is_root_device
-            && self
+        if drive.is_root_device {
+            if let Some(root) = self
                 .drives
                 .iter()
-                .any(|d| d.is_root_device && d.drive_id != drive.drive_id)
-        {
-            return Err("another drive is already the root device".to_string());
+                .find(|d| d.is_root_device && d.drive_id != drive.drive_id)
+            {
+                return Err(SpecError::SecondRootDrive {
+                    drive: drive.drive_id,
+                    root: root.drive_id.clone(),
+                });
+            }
         }
         match self
             .drives
@@ -325,13 +368,11 @@ impl VmSpec {
     }
 
     /// Adds a network interface or replaces the one with the same id.
-    pub fn put_net(&mut self, net: NetBody) -> Result<(), String> {
+    pub fn put_net(&mut self, net: NetBody) -> Result<(), SpecError> {
         if net.iface_id.is_empty() {
-            return Err("iface_id must not be empty".to_string());
+            return Err(SpecError::EmptyIfaceId);
         }
-        if let Some(mac) = &net.guest_mac {
-            parse_mac(mac)?;
-        }
+        guest_mac(&net)?;
         match self
             .network_interfaces
             .iter_mut()
@@ -344,12 +385,9 @@ impl VmSpec {
     }
 
     /// Everything needed to build the VM, or what is missing.
-    pub fn check(&self) -> Result<CheckedSpec, String> {
-        let boot = self
-            .boot_source
-            .as_ref()
-            .ok_or("no boot source: PUT /boot-source first")?;
-        check_machine_config(&self.machine_config)?;
+    pub fn check(&self) -> Result<CheckedSpec, SpecError> {
+        let boot = self.boot_source.as_ref().ok_or(SpecError::NoBootSource)?;
+        let vcpus = check_machine_config(&self.machine_config)?;
         let mut drives: Vec<&DriveBody> = self.drives.iter().collect();
         // The root drive becomes /dev/vda.
         drives.sort_by_key(|d| !d.is_root_device);
@@ -367,12 +405,12 @@ impl VmSpec {
             .map(|n| {
                 Ok(NetConfig {
                     tap: n.host_dev_name.clone(),
-                    mac: n.guest_mac.as_deref().map(parse_mac).transpose()?,
+                    mac: guest_mac(n)?,
                 })
             })
-            .collect::<Result<_, String>>()?;
+            .collect::<Result<_, SpecError>>()?;
         Ok(CheckedSpec {
-            vcpus: self.machine_config.vcpu_count,
+            vcpus,
             mem_bytes: self.machine_config.mem_size_mib << 20,
             kernel: Some(boot.kernel_image_path.clone()),
             boot_args: boot.boot_args.clone(),
@@ -383,27 +421,32 @@ impl VmSpec {
     }
 }
 
-fn check_machine_config(config: &MachineConfigBody) -> Result<(), String> {
-    if config.vcpu_count == 0 || config.vcpu_count > MAX_VCPUS {
-        return Err(format!(
-            "vcpu_count must be between 1 and {MAX_VCPUS}, not {}",
-            config.vcpu_count
-        ));
-    }
+fn guest_mac(net: &NetBody) -> Result<Option<[u8; 6]>, SpecError> {
+    net.guest_mac
+        .as_deref()
+        .map(parse_mac)
+        .transpose()
+        .map_err(|source| SpecError::GuestMac {
+            iface: net.iface_id.clone(),
+            source,
+        })
+}
+
+/// Checks a machine config; its vCPU count is where the API's and config file's count is
+/// validated.
+fn check_machine_config(config: &MachineConfigBody) -> Result<VcpuCount, SpecError> {
+    let vcpus = VcpuCount::new(config.vcpu_count).map_err(SpecError::VcpuCount)?;
     if config.smt {
-        return Err("smt is not supported".to_string());
+        return Err(SpecError::Smt);
     }
     let bytes = config
         .mem_size_mib
         .checked_mul(1 << 20)
-        .ok_or("mem_size_mib is too large")?;
+        .ok_or(SpecError::MemTooLarge(config.mem_size_mib))?;
     if bytes < MIN_MEM_BYTES {
-        return Err(format!(
-            "mem_size_mib must be at least {}",
-            MIN_MEM_BYTES >> 20
-        ));
+        return Err(SpecError::MemTooSmall(config.mem_size_mib));
     }
-    Ok(())
+    Ok(vcpus)
 }
 
 #[cfg(test)]
@@ -506,7 +549,7 @@ mod tests {
         )
         .unwrap();
         let checked = spec.check().unwrap();
-        assert_eq!(checked.vcpus, 2);
+        assert_eq!(checked.vcpus.get(), 2);
         assert_eq!(checked.mem_bytes, 256 << 20);
         assert_eq!(checked.disks[0].path, PathBuf::from("r.img"));
         assert!(checked.disks[1].read_only);
@@ -520,9 +563,34 @@ mod tests {
         ] {
             assert!(VmSpec::from_json(bad).is_err(), "{bad}");
         }
+        // Each refusal names the field and the value.
+        let text = |json: &str| VmSpec::from_json(json).unwrap_err().to_string();
+        assert_eq!(
+            text(r#"{"machine-config":{"vcpu_count":0,"mem_size_mib":128}}"#),
+            "invalid vcpu_count: the vCPU count must be 1 to 254, not 0"
+        );
+        assert_eq!(
+            text(r#"{"machine-config":{"vcpu_count":1,"mem_size_mib":1}}"#),
+            "mem_size_mib must be at least 16, not 1"
+        );
+        assert_eq!(
+            text(
+                r#"{"drives":[{"drive_id":"a","path_on_host":"a","is_root_device":true},{"drive_id":"b","path_on_host":"b","is_root_device":true}]}"#
+            ),
+            "drive 'b' cannot be the root device: another drive ('a') is already the root device"
+        );
+        assert_eq!(
+            text(r#"{"network-interfaces":[{"iface_id":"eth0","host_dev_name":"t","guest_mac":"01:00:00:00:00:00"}]}"#),
+            "guest_mac of 'eth0': '01:00:00:00:00:00' is a multicast address; a network card needs a unicast MAC"
+        );
+        assert!(matches!(
+            VmSpec::from_json(r#"{"logger":{}}"#),
+            Err(SpecError::Json(_))
+        ));
         assert!(VmSpec::default()
             .check()
             .unwrap_err()
+            .to_string()
             .contains("boot-source"));
     }
 }

@@ -7,7 +7,7 @@ use std::io;
 use mio::{Events, Poll};
 
 use super::http::Response;
-use super::model::{ApiRequest, CheckedSpec, SnapshotLoadBody, VmSpec};
+use super::model::{ApiRequest, CheckedSpec, SnapshotLoadBody, SpecError, VmSpec};
 use super::server::{ApiHandler, ApiServer, ClientId};
 use super::VERSION;
 use crate::launch::{restore_config, vm_config, LaunchOptions};
@@ -60,7 +60,7 @@ impl PreBoot<'_> {
         let started = std::time::Instant::now();
         let mem_path = match body.mem_path() {
             Ok(path) => path,
-            Err(e) => return Response::error(400, e),
+            Err(e) => return Response::error(400, e.to_string()),
         };
         let restore = match snapshot::load(&body.snapshot_path, &mem_path, body.resume_vm) {
             Ok(restore) => restore,
@@ -82,10 +82,10 @@ impl PreBoot<'_> {
     }
 }
 
-fn put(result: Result<(), String>) -> Response {
+fn put(result: Result<(), SpecError>) -> Response {
     match result {
         Ok(()) => Response::no_content(),
-        Err(e) => Response::error(400, e),
+        Err(e) => Response::error(400, e.to_string()),
     }
 }
 

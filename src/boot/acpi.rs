@@ -35,7 +35,8 @@ use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
 use super::layout::{
     addr32, low_u32, ACPI_END, ACPI_START, IOAPIC_START, LAPIC_START, MMIO_GAP_END,
 };
-use super::mptable::{ioapic_id, MAX_CPUS};
+use super::mptable::ioapic_id;
+use super::vcpu_count::VcpuCount;
 
 /// OEM ID of every table: the 6-byte field holds the start of the MP table's `NOVAFLAR`.
 pub const OEM_ID: [u8; 6] = *b"NOVAFL";
@@ -72,8 +73,6 @@ pub struct VirtioMmioDevice {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AcpiError {
-    #[error("--cpus must be 1..={MAX_CPUS}, got {0}")]
-    CpuCount(u8),
     #[error("virtio-mmio window {base:#x}+{size:#x} does not fit below 4 GiB")]
     WindowAbove4G { base: u64, size: u64 },
     #[error("virtio-mmio IRQ {0} is not an I/O APIC pin (0..{IOAPIC_PINS})")]
@@ -204,7 +203,7 @@ fn fadt(dsdt_addr: u64) -> Vec<u8> {
     aml_bytes(&fadt.finalize())
 }
 
-fn madt(num_cpus: u8) -> Sdt {
+fn madt(count: VcpuCount) -> Sdt {
     let mut madt = Sdt::new(
         *b"APIC",
         44,
@@ -216,13 +215,13 @@ fn madt(num_cpus: u8) -> Sdt {
     madt.write_u32(36, addr32(LAPIC_START));
     madt.write_u32(40, MADT_PCAT_COMPAT);
     let mut entries = Vec::new();
-    for cpu in 0..num_cpus {
+    for cpu in count.indices() {
         // Processor UID and APIC id are both the vCPU index, as in the MP table and CPUID.
-        let lapic = ProcessorLocalApic::new(cpu, cpu, EnabledStatus::Enabled);
+        let lapic = ProcessorLocalApic::new(cpu.get(), cpu.get(), EnabledStatus::Enabled);
         entries.extend(aml_bytes(&lapic));
     }
     entries.extend(aml_bytes(&IoApic::new(
-        ioapic_id(num_cpus),
+        ioapic_id(count),
         addr32(IOAPIC_START),
         0,
     )));
@@ -239,15 +238,12 @@ fn madt(num_cpus: u8) -> Sdt {
     madt
 }
 
-/// Builds every table for `num_cpus` vCPUs and the given virtio-mmio devices, each with the
+/// Builds every table for `count` vCPUs and the given virtio-mmio devices, each with the
 /// address it must be written at.
 pub fn build_acpi_tables(
-    num_cpus: u8,
+    count: VcpuCount,
     virtio: &[VirtioMmioDevice],
 ) -> Result<AcpiTables, AcpiError> {
-    if num_cpus == 0 || num_cpus > MAX_CPUS {
-        return Err(AcpiError::CpuCount(num_cpus));
-    }
     for device in virtio {
         let end = device.base.checked_add(device.size);
         if end.map_or(true, |end| end > MMIO_GAP_END) {
@@ -265,7 +261,7 @@ pub fn build_acpi_tables(
     // The XSDT lists the FADT and the MADT.
     let fadt_addr = align_up(xsdt_addr + 36 + 2 * 8);
     let madt_addr = align_up(fadt_addr + acpi_tables::fadt::FADT::len() as u64);
-    let madt = madt(num_cpus);
+    let madt = madt(count);
     let dsdt_addr = align_up(madt_addr + madt.len() as u64);
     let dsdt = dsdt(virtio);
 
@@ -292,10 +288,10 @@ pub fn build_acpi_tables(
 /// Builds the tables and writes them into guest memory; returns the RSDP's address.
 pub fn setup_acpi(
     mem: &GuestMemoryMmap,
-    num_cpus: u8,
+    count: VcpuCount,
     virtio: &[VirtioMmioDevice],
 ) -> Result<u64, AcpiError> {
-    let tables = build_acpi_tables(num_cpus, virtio)?;
+    let tables = build_acpi_tables(count, virtio)?;
     for (addr, bytes) in &tables.tables {
         mem.write_slice(bytes, GuestAddress(*addr))
             .map_err(|_| AcpiError::Write(*addr))?;
@@ -319,6 +315,11 @@ mod tests {
         VIRTIO_MMIO_SIZE, ZERO_PAGE_START,
     };
     use crate::boot::mptable::{mptable_size, setup_mptable};
+    use crate::boot::MAX_VCPUS;
+
+    fn n(count: u8) -> VcpuCount {
+        VcpuCount::new(count).unwrap()
+    }
     use crate::boot::params::{e820_map, E820_RAM, E820_RESERVED};
     use crate::device_manager::{virtio_slot, VIRTIO_IRQS};
 
@@ -369,8 +370,8 @@ mod tests {
     /// A guest with the MP table and the ACPI tables written, as `load_linux` + `vm` leave it.
     fn guest(num_cpus: u8, virtio: &[VirtioMmioDevice]) -> GuestMemoryMmap {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 2 << 20)]).unwrap();
-        setup_mptable(&mem, num_cpus).unwrap();
-        assert_eq!(setup_acpi(&mem, num_cpus, virtio).unwrap(), ACPI_START);
+        setup_mptable(&mem, n(num_cpus)).unwrap();
+        assert_eq!(setup_acpi(&mem, n(num_cpus), virtio).unwrap(), ACPI_START);
         mem
     }
 
@@ -398,7 +399,7 @@ mod tests {
     type MpTable = (Vec<(u8, bool)>, u8, Vec<(u8, u8)>);
 
     fn mp_table(low: &[u8], num_cpus: u8) -> MpTable {
-        let t = &low[EBDA_START as usize..][..mptable_size(num_cpus)];
+        let t = &low[EBDA_START as usize..][..mptable_size(n(num_cpus))];
         let mut cpus = Vec::new();
         let mut ioapic = None;
         let mut irqs = Vec::new();
@@ -488,7 +489,7 @@ mod tests {
 
     #[test]
     fn madt_matches_the_mp_table_for_1_2_4_and_64_vcpus() {
-        for num_cpus in [1u8, 2, 4, 64, MAX_CPUS] {
+        for num_cpus in [1u8, 2, 4, 64, MAX_VCPUS] {
             let mem = guest(num_cpus, &devices(1));
             let handler = snapshot(&mem);
             let (mp_cpus, mp_ioapic, mp_irqs) = mp_table(&handler.0, num_cpus);
@@ -861,7 +862,7 @@ mod tests {
     #[test]
     fn tables_stay_in_their_reserved_area_and_overlap_nothing() {
         // The largest tables: every vCPU and every virtio slot.
-        let tables = build_acpi_tables(MAX_CPUS, &devices(VIRTIO_IRQS.len())).unwrap();
+        let tables = build_acpi_tables(n(MAX_VCPUS), &devices(VIRTIO_IRQS.len())).unwrap();
         let acpi = (ACPI_START, tables.end());
         assert!(acpi.1 <= ACPI_END);
         for pair in tables.tables.windows(2) {
@@ -882,7 +883,7 @@ mod tests {
             (
                 "MP table",
                 EBDA_START,
-                EBDA_START + mptable_size(MAX_CPUS) as u64,
+                EBDA_START + mptable_size(n(MAX_VCPUS)) as u64,
             ),
             ("kernel", HIMEM_START, u64::MAX),
         ];
@@ -905,21 +906,13 @@ mod tests {
 
     #[test]
     fn bad_input_is_an_error() {
-        assert_eq!(
-            build_acpi_tables(0, &[]).unwrap_err(),
-            AcpiError::CpuCount(0)
-        );
-        assert_eq!(
-            build_acpi_tables(255, &[]).unwrap_err(),
-            AcpiError::CpuCount(255)
-        );
         let high = VirtioMmioDevice {
             base: 0xffff_f800,
             size: 0x1000,
             irq: 5,
         };
         assert!(matches!(
-            build_acpi_tables(1, &[high]),
+            build_acpi_tables(n(1), &[high]),
             Err(AcpiError::WindowAbove4G { .. })
         ));
         let bad_irq = VirtioMmioDevice {
@@ -927,10 +920,13 @@ mod tests {
             ..devices(1)[0]
         };
         assert_eq!(
-            build_acpi_tables(1, &[bad_irq]).unwrap_err(),
+            build_acpi_tables(n(1), &[bad_irq]).unwrap_err(),
             AcpiError::Irq(24)
         );
         let tiny = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x9f000)]).unwrap();
-        assert_eq!(setup_acpi(&tiny, 1, &[]), Err(AcpiError::Write(ACPI_START)));
+        assert_eq!(
+            setup_acpi(&tiny, n(1), &[]),
+            Err(AcpiError::Write(ACPI_START))
+        );
     }
 }

@@ -1,11 +1,11 @@
 //! Per-vCPU CPUID, derived from what KVM supports (`KVM_GET_SUPPORTED_CPUID`).
 //!
-//! The topology we advertise is flat: one package, `num_cpus` cores, one thread per core,
+//! The topology we advertise is flat: one package, one core per vCPU, one thread per core,
 //! x2APIC id = initial APIC id = vCPU index.
 
 use kvm_bindings::{kvm_cpuid_entry2, CpuId, KVM_CPUID_FLAG_SIGNIFCANT_INDEX};
 
-use super::mptable::MAX_CPUS;
+use super::vcpu_count::VcpuIndex;
 
 const LEAF_MAX_BASIC: u32 = 0x0;
 const LEAF_FEATURES: u32 = 0x1;
@@ -36,10 +36,6 @@ const LEVEL_TYPE_CORE: u32 = 2;
 /// Errors while building a vCPU's CPUID.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CpuidError {
-    #[error("--cpus must be 1..={MAX_CPUS}, got {0}")]
-    CpuCount(u8),
-    #[error("vCPU index {index} is out of range for {num_cpus} vCPUs")]
-    Index { index: u8, num_cpus: u8 },
     #[error(
         "too many CPUID entries (KVM accepts at most {})",
         kvm_bindings::KVM_MAX_CPUID_ENTRIES
@@ -77,19 +73,10 @@ fn entry(function: u32, index: u32, flags: u32) -> kvm_cpuid_entry2 {
     }
 }
 
-/// The CPUID for vCPU `vcpu_index` of `num_cpus`, starting from `base` (KVM's supported set).
-pub fn vcpu_cpuid(base: &CpuId, vcpu_index: u8, num_cpus: u8) -> Result<CpuId, CpuidError> {
-    if num_cpus == 0 || num_cpus > MAX_CPUS {
-        return Err(CpuidError::CpuCount(num_cpus));
-    }
-    if vcpu_index >= num_cpus {
-        return Err(CpuidError::Index {
-            index: vcpu_index,
-            num_cpus,
-        });
-    }
-    let apic_id = u32::from(vcpu_index);
-    let n = u32::from(num_cpus);
+/// The CPUID for `vcpu` (of its VM's vCPUs), starting from `base` (KVM's supported set).
+pub fn vcpu_cpuid(base: &CpuId, vcpu: VcpuIndex) -> Result<CpuId, CpuidError> {
+    let apic_id = u32::from(vcpu.get());
+    let n = u32::from(vcpu.count().get());
 
     // Leaf 0xB replaces whatever KVM reported: we define the topology. Leaf 0x1F would
     // describe the host's topology instead, so it goes (a missing leaf reads as zeros).
@@ -149,6 +136,11 @@ pub fn vcpu_cpuid(base: &CpuId, vcpu_index: u8, num_cpus: u8) -> Result<CpuId, C
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::boot::VcpuCount;
+
+    fn vcpu(index: u8, count: u8) -> VcpuIndex {
+        VcpuCount::new(count).unwrap().index(index).unwrap()
+    }
 
     fn find(cpuid: &CpuId, function: u32, index: u32) -> kvm_cpuid_entry2 {
         *cpuid
@@ -190,7 +182,7 @@ mod tests {
     fn leaf1_apic_id_count_htt_hypervisor() {
         let base = synthetic_base();
         for (index, cpus) in [(0u8, 1u8), (3, 4), (253, 254)] {
-            let c = vcpu_cpuid(&base, index, cpus).unwrap();
+            let c = vcpu_cpuid(&base, vcpu(index, cpus)).unwrap();
             let l1 = find(&c, 1, 0);
             assert_eq!(l1.ebx >> 24, u32::from(index), "initial APIC id");
             assert_eq!((l1.ebx >> 16) & 0xff, u32::from(cpus), "logical count");
@@ -204,7 +196,7 @@ mod tests {
     #[test]
     fn leaf_b_topology() {
         let base = synthetic_base();
-        let c = vcpu_cpuid(&base, 5, 6).unwrap();
+        let c = vcpu_cpuid(&base, vcpu(5, 6)).unwrap();
         let subleaves: Vec<_> = c.as_slice().iter().filter(|e| e.function == 0xb).collect();
         assert_eq!(subleaves.len(), 3, "stale leaf replaced, not duplicated");
         let smt = find(&c, 0xb, 0);
@@ -230,7 +222,7 @@ mod tests {
             (128, 7),
             (254, 8),
         ] {
-            let c = vcpu_cpuid(&synthetic_base(), 0, cpus).unwrap();
+            let c = vcpu_cpuid(&synthetic_base(), vcpu(0, cpus)).unwrap();
             assert_eq!(find(&c, 0xb, 1).eax, shift, "{cpus} cpus");
             assert!(u32::from(cpus - 1) >> shift == 0);
         }
@@ -238,7 +230,7 @@ mod tests {
 
     #[test]
     fn leaf4_cores_per_package_on_every_cache() {
-        let c = vcpu_cpuid(&synthetic_base(), 1, 4).unwrap();
+        let c = vcpu_cpuid(&synthetic_base(), vcpu(1, 4)).unwrap();
         for i in 0..4 {
             let e = find(&c, 4, i);
             assert_eq!(e.eax >> 26, 3, "subleaf {i}: cores - 1");
@@ -256,7 +248,7 @@ mod tests {
         let mut leaf0 = entry(0, 0, 0);
         leaf0.eax = 0x7;
         let base = CpuId::from_entries(&[leaf0]).unwrap();
-        let c = vcpu_cpuid(&base, 1, 2).unwrap();
+        let c = vcpu_cpuid(&base, vcpu(1, 2)).unwrap();
         assert_eq!(find(&c, 0, 0).eax, 0xb);
         let l1 = find(&c, 1, 0);
         assert_eq!(l1.ebx >> 24, 1);
@@ -279,20 +271,6 @@ mod tests {
     }
 
     #[test]
-    fn bad_counts_are_errors() {
-        let base = synthetic_base();
-        assert_eq!(vcpu_cpuid(&base, 0, 0), Err(CpuidError::CpuCount(0)));
-        assert_eq!(vcpu_cpuid(&base, 0, 255), Err(CpuidError::CpuCount(255)));
-        assert_eq!(
-            vcpu_cpuid(&base, 4, 4),
-            Err(CpuidError::Index {
-                index: 4,
-                num_cpus: 4
-            })
-        );
-    }
-
-    #[test]
     fn real_kvm_supported_cpuid() {
         let kvm = match kvm_ioctls::Kvm::new() {
             Ok(kvm) => kvm,
@@ -304,7 +282,7 @@ mod tests {
         let base = kvm
             .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
             .unwrap();
-        let c = vcpu_cpuid(&base, 2, 3).unwrap();
+        let c = vcpu_cpuid(&base, vcpu(2, 3)).unwrap();
         let l1 = find(&c, 1, 0);
         assert_eq!(l1.ebx >> 24, 2);
         assert_eq!((l1.ebx >> 16) & 0xff, 3);

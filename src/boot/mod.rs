@@ -16,10 +16,11 @@ pub mod mptable;
 pub mod paging;
 pub mod params;
 pub mod regs;
+pub mod vcpu_count;
 
 use std::fs::File;
 
-use kvm_bindings::{kvm_mp_state, CpuId, KVM_MP_STATE_RUNNABLE};
+use kvm_bindings::CpuId;
 use kvm_ioctls::VcpuFd;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
@@ -27,8 +28,9 @@ pub use acpi::{AcpiError, VirtioMmioDevice};
 pub use cpuid::CpuidError;
 pub use layout::{create_guest_memory, guest_ram_ranges};
 pub use loader::LoaderError;
-pub use mptable::{MptableError, MAX_CPUS};
+pub use mptable::MptableError;
 pub use regs::RegsError;
+pub use vcpu_count::{VcpuCount, VcpuCountError, VcpuIndex, MAX_VCPUS};
 
 use layout::ZERO_PAGE_START;
 
@@ -44,10 +46,6 @@ pub struct BootEntry {
 /// Everything that can go wrong while preparing a guest to boot.
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
-    #[error("--cpus must be 1..={MAX_CPUS}, got {0}")]
-    CpuCount(u8),
-    #[error("vCPU index {index} is out of range for {num_cpus} vCPUs")]
-    VcpuIndex { index: u8, num_cpus: u8 },
     #[error(
         "guest memory size {0} bytes is invalid: it must be a multiple of 4 KiB and at least 2 MiB"
     )]
@@ -79,37 +77,28 @@ pub enum BootError {
     },
 }
 
-fn check_cpus(num_cpus: u8) -> Result<(), BootError> {
-    if num_cpus == 0 || num_cpus > MAX_CPUS {
-        return Err(BootError::CpuCount(num_cpus));
-    }
-    Ok(())
-}
-
 fn memory(what: &'static str) -> impl FnOnce(vm_memory::GuestMemoryError) -> BootError {
     move |source| BootError::Memory { what, source }
 }
 
 /// Writes the tables every 64-bit start needs: GDT, identity page tables and the MP table.
 /// Enough on its own for raw images that start in 64-bit mode at a known address.
-pub fn write_boot_tables(mem: &GuestMemoryMmap, num_cpus: u8) -> Result<(), BootError> {
-    check_cpus(num_cpus)?;
+pub fn write_boot_tables(mem: &GuestMemoryMmap, vcpus: VcpuCount) -> Result<(), BootError> {
     gdt::write_gdt(mem).map_err(memory("GDT"))?;
     paging::write_identity_page_tables(mem).map_err(memory("page tables"))?;
-    mptable::setup_mptable(mem, num_cpus)?;
+    mptable::setup_mptable(mem, vcpus)?;
     Ok(())
 }
 
-/// Writes the ACPI tables (RSDP, XSDT, FADT, MADT, DSDT) for `num_cpus` vCPUs and the VM's
+/// Writes the ACPI tables (RSDP, XSDT, FADT, MADT, DSDT) for `vcpus` vCPUs and the VM's
 /// virtio-mmio devices. Called once, after [`load_linux`] or [`write_boot_tables`] and before any
 /// vCPU runs.
 pub fn write_acpi_tables(
     mem: &GuestMemoryMmap,
-    num_cpus: u8,
+    vcpus: VcpuCount,
     virtio: &[VirtioMmioDevice],
 ) -> Result<(), BootError> {
-    check_cpus(num_cpus)?;
-    acpi::setup_acpi(mem, num_cpus, virtio)?;
+    acpi::setup_acpi(mem, vcpus, virtio)?;
     Ok(())
 }
 
@@ -119,9 +108,8 @@ pub fn load_linux(
     kernel: &mut File,
     initrd: Option<&mut File>,
     cmdline: &str,
-    num_cpus: u8,
+    vcpus: VcpuCount,
 ) -> Result<BootEntry, BootError> {
-    check_cpus(num_cpus)?;
     let loaded = loader::load_kernel(mem, kernel)?;
     let header = loaded.setup_header;
     let kernel_cmdline_max = header.map_or(0, |h| h.cmdline_size);
@@ -144,29 +132,26 @@ pub fn load_linux(
     });
     let zero_page = GuestAddress(ZERO_PAGE_START);
     params::write_boot_params(mem, &boot_params, zero_page).map_err(memory("zero page"))?;
-    write_boot_tables(mem, num_cpus)?;
+    write_boot_tables(mem, vcpus)?;
     Ok(BootEntry {
         entry: loaded.entry,
         boot_params: zero_page,
     })
 }
 
-/// Per-vCPU setup: CPUID (topology for `index` of `num_cpus`), LAPIC LINT0/LINT1, and with
-/// `start` long mode at its entry. Without `start` the vCPU (an AP) waits for INIT/SIPI; with
-/// `start` on an AP it is made runnable right away (raw images that start every vCPU).
+/// Per-vCPU setup: CPUID (topology for `vcpu_index` of its VM's vCPUs), LAPIC LINT0/LINT1,
+/// and with `start` (the boot vCPU of a Linux boot) long mode at its entry. Without `start`
+/// the vCPU waits for INIT/SIPI, as an AP does (raw test images start every vCPU themselves:
+/// `vm::raw`).
 pub fn configure_vcpu(
     vcpu: &VcpuFd,
     mem: &GuestMemoryMmap,
     supported_cpuid: &CpuId,
-    index: u8,
-    num_cpus: u8,
+    vcpu_index: VcpuIndex,
     start: Option<&BootEntry>,
 ) -> Result<(), BootError> {
-    check_cpus(num_cpus)?;
-    if index >= num_cpus {
-        return Err(BootError::VcpuIndex { index, num_cpus });
-    }
-    let cpuid = cpuid::vcpu_cpuid(supported_cpuid, index, num_cpus)?;
+    let index = vcpu_index.get();
+    let cpuid = cpuid::vcpu_cpuid(supported_cpuid, vcpu_index)?;
     vcpu.set_cpuid2(&cpuid).map_err(|source| BootError::Kvm {
         what: "set the CPUID",
         index,
@@ -176,17 +161,6 @@ pub fn configure_vcpu(
     regs::setup_lapic_lints(vcpu)?;
     if let Some(start) = start {
         regs::setup_long_mode(vcpu, mem, start.entry, Some(start.boot_params))?;
-        if index != 0 {
-            let runnable = kvm_mp_state {
-                mp_state: KVM_MP_STATE_RUNNABLE,
-            };
-            vcpu.set_mp_state(runnable)
-                .map_err(|source| BootError::Kvm {
-                    what: "make runnable",
-                    index,
-                    source,
-                })?;
-        }
     }
     Ok(())
 }
@@ -206,6 +180,14 @@ mod tests {
 
     const MEM: u64 = 64 << 20;
 
+    fn n(count: u8) -> VcpuCount {
+        VcpuCount::new(count).unwrap()
+    }
+
+    fn nth(index: u8, count: u8) -> VcpuIndex {
+        n(count).index(index).unwrap()
+    }
+
     fn file_with(bytes: &[u8]) -> File {
         let mut f = tempfile::tempfile().unwrap();
         f.write_all(bytes).unwrap();
@@ -217,13 +199,6 @@ mod tests {
         mem.read_obj(GuestAddress(ZERO_PAGE_START)).unwrap()
     }
 
-    /// mov eax,1; cpuid; mov eax,ebx; shr eax,24; mov dx,0x3f8; out dx,eax; hlt:
-    /// reports the initial APIC id the guest sees.
-    const APIC_ID_PROBE: [u8; 20] = [
-        0xb8, 0x01, 0x00, 0x00, 0x00, 0x0f, 0xa2, 0x89, 0xd8, 0xc1, 0xe8, 0x18, 0x66, 0xba, 0xf8,
-        0x03, 0xef, 0xf4, 0x90, 0x90,
-    ];
-
     #[test]
     fn load_linux_elf_with_initrd_writes_everything() {
         let mem = create_guest_memory(MEM).unwrap();
@@ -231,7 +206,7 @@ mod tests {
         let initrd_data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
         let mut initrd = file_with(&initrd_data);
         let cmdline = "console=ttyS0 panic=1";
-        let start = load_linux(&mem, &mut kernel, Some(&mut initrd), cmdline, 2).unwrap();
+        let start = load_linux(&mem, &mut kernel, Some(&mut initrd), cmdline, n(2)).unwrap();
         assert_eq!(start.entry, GuestAddress(0x20_0000));
         assert_eq!(start.boot_params, GuestAddress(ZERO_PAGE_START));
 
@@ -282,7 +257,7 @@ mod tests {
         let mem = create_guest_memory(mem_bytes).unwrap();
         let mut kernel = file_with(&tiny_elf(0x100_0000, &[0xf4], 0x1000));
         let mut initrd = file_with(&[7u8; 4096]);
-        load_linux(&mem, &mut kernel, Some(&mut initrd), "", 4).unwrap();
+        load_linux(&mem, &mut kernel, Some(&mut initrd), "", n(4)).unwrap();
         let p = zero_page(&mem);
         assert_eq!(p.e820_entries, 5);
         let last = p.e820_table[4];
@@ -300,7 +275,7 @@ mod tests {
         let mut payload = vec![0u8; 0x200];
         payload.extend_from_slice(&LONG_MODE_PROBE);
         let mut kernel = file_with(&tiny_bzimage(0x20f, 1, &payload));
-        let start = load_linux(&mem, &mut kernel, None, "quiet", 1).unwrap();
+        let start = load_linux(&mem, &mut kernel, None, "quiet", n(1)).unwrap();
         assert_eq!(start.entry, GuestAddress(HIMEM_START + 0x200));
         let p = zero_page(&mem);
         assert_eq!(
@@ -317,7 +292,7 @@ mod tests {
         };
         let cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).unwrap();
         let mut vcpu = vm.create_vcpu(0).unwrap();
-        configure_vcpu(&vcpu, &mem, &cpuid, 0, 1, Some(&start)).unwrap();
+        configure_vcpu(&vcpu, &mem, &cpuid, nth(0, 1), Some(&start)).unwrap();
         assert_eq!(run_collect_io(&mut vcpu, 5), probe_expected_outs(0x7000));
     }
 
@@ -325,7 +300,7 @@ mod tests {
     fn boot_vcpu_runs_the_kernel_and_aps_wait_for_sipi() {
         let mem = create_guest_memory(MEM).unwrap();
         let mut kernel = file_with(&tiny_elf(0x20_0000, &LONG_MODE_PROBE, 0x1000));
-        let start = load_linux(&mem, &mut kernel, None, "", 2).unwrap();
+        let start = load_linux(&mem, &mut kernel, None, "", n(2)).unwrap();
         let Some((kvm, vm)) = test_vm("boot_vcpu_runs_the_kernel_and_aps_wait_for_sipi", &mem)
         else {
             return;
@@ -333,8 +308,8 @@ mod tests {
         let cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).unwrap();
         let mut bsp = vm.create_vcpu(0).unwrap();
         let ap = vm.create_vcpu(1).unwrap();
-        configure_vcpu(&bsp, &mem, &cpuid, 0, 2, Some(&start)).unwrap();
-        configure_vcpu(&ap, &mem, &cpuid, 1, 2, None).unwrap();
+        configure_vcpu(&bsp, &mem, &cpuid, nth(0, 2), Some(&start)).unwrap();
+        configure_vcpu(&ap, &mem, &cpuid, nth(1, 2), None).unwrap();
 
         let ap_cpuid = ap.get_cpuid2(KVM_MAX_CPUID_ENTRIES).unwrap();
         let leaf1 = ap_cpuid
@@ -352,58 +327,18 @@ mod tests {
     }
 
     #[test]
-    fn raw_image_starts_on_every_vcpu() {
-        let mem = create_guest_memory(MEM).unwrap();
-        write_boot_tables(&mem, 2).unwrap();
-        let entry = GuestAddress(0x30_0000);
-        mem.write_slice(&APIC_ID_PROBE, entry).unwrap();
-        let Some((kvm, vm)) = test_vm("raw_image_starts_on_every_vcpu", &mem) else {
-            return;
-        };
-        let cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).unwrap();
-        let start = BootEntry {
-            entry,
-            boot_params: GuestAddress(ZERO_PAGE_START),
-        };
-        let mut vcpus = Vec::new();
-        for index in 0..2u8 {
-            let vcpu = vm.create_vcpu(u64::from(index)).unwrap();
-            configure_vcpu(&vcpu, &mem, &cpuid, index, 2, Some(&start)).unwrap();
-            vcpus.push(vcpu);
-        }
-        // Run the AP first: it must not need the BSP to send INIT/SIPI.
-        for index in [1u8, 0] {
-            let outs = run_collect_io(&mut vcpus[usize::from(index)], 1);
-            assert_eq!(outs, vec![(0x3f8, u32::from(index).to_le_bytes().to_vec())]);
-        }
-    }
-
-    #[test]
     fn user_facing_errors() {
         let mem = create_guest_memory(MEM).unwrap();
         let mut junk = file_with(b"#!/bin/sh\necho not a kernel\n");
-        let err = load_linux(&mem, &mut junk, None, "", 1).unwrap_err();
+        let err = load_linux(&mem, &mut junk, None, "", n(1)).unwrap_err();
         assert_eq!(
             err.to_string(),
             "kernel image is neither ELF vmlinux nor bzImage"
         );
 
-        for cpus in [0u8, 255] {
-            let mut kernel = file_with(&tiny_elf(0x20_0000, &[0xf4], 1));
-            let err = load_linux(&mem, &mut kernel, None, "", cpus).unwrap_err();
-            assert_eq!(
-                err.to_string(),
-                format!("--cpus must be 1..=254, got {cpus}")
-            );
-            assert!(matches!(
-                write_boot_tables(&mem, cpus),
-                Err(BootError::CpuCount(_))
-            ));
-        }
-
         let mut kernel = file_with(&tiny_elf(0x20_0000, &[0xf4], 1));
         let mut initrd = file_with(&vec![0u8; 63 << 20]);
-        let err = load_linux(&mem, &mut kernel, Some(&mut initrd), "", 1).unwrap_err();
+        let err = load_linux(&mem, &mut kernel, Some(&mut initrd), "", n(1)).unwrap_err();
         assert_eq!(
             err.to_string(),
             format!(
@@ -413,7 +348,7 @@ mod tests {
         );
 
         let mut dir = File::open("/").unwrap();
-        let err = load_linux(&mem, &mut dir, None, "", 1).unwrap_err();
+        let err = load_linux(&mem, &mut dir, None, "", n(1)).unwrap_err();
         assert!(
             err.to_string()
                 .starts_with("cannot read the kernel image: "),
@@ -425,7 +360,7 @@ mod tests {
 
         // Boot tables need the low memory they live in.
         let tiny = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x8000)]).unwrap();
-        let err = write_boot_tables(&tiny, 1).unwrap_err();
+        let err = write_boot_tables(&tiny, n(1)).unwrap_err();
         assert!(
             matches!(
                 err,
@@ -449,7 +384,7 @@ mod tests {
         for path in paths.split(':').filter(|p| !p.is_empty()) {
             let mem = create_guest_memory(256 << 20).unwrap();
             let mut kernel = File::open(path).unwrap();
-            let start = load_linux(&mem, &mut kernel, None, "console=ttyS0", 2)
+            let start = load_linux(&mem, &mut kernel, None, "console=ttyS0", n(2))
                 .unwrap_or_else(|e| panic!("{path}: {e}"));
             let p = zero_page(&mem);
             eprintln!(
@@ -465,98 +400,5 @@ mod tests {
                 assert!(start.entry.0 >= HIMEM_START, "{path}");
             }
         }
-    }
-
-    /// Boots the real kernel in VOLT_BOOT_LINUX on 2 vCPUs with just enough of a serial port
-    /// (a THR that prints and an LSR that is always ready) for earlyprintk, and checks that
-    /// Linux took our e820 map and MP table, brought up both CPUs and got to mounting root.
-    /// Needs a real KVM: run it through ../shared/nested-kvm/run.sh (PVM cannot boot Linux).
-    #[test]
-    fn boots_real_linux_from_env() {
-        use std::sync::{Arc, Mutex};
-        use std::time::{Duration, Instant};
-
-        let Ok(path) = std::env::var("VOLT_BOOT_LINUX") else {
-            eprintln!("SKIP: boots_real_linux_from_env: VOLT_BOOT_LINUX is not set");
-            return;
-        };
-        let num_cpus = 2u8;
-        let mem = create_guest_memory(256 << 20).unwrap();
-        let mut kernel = File::open(&path).unwrap();
-        let cmdline = "earlyprintk=serial,ttyS0,115200 keep_bootcon pci=off panic=-1 loglevel=8";
-        let start = load_linux(&mem, &mut kernel, None, cmdline, num_cpus).unwrap();
-        let Some((kvm, vm)) = test_vm("boots_real_linux_from_env", &mem) else {
-            return;
-        };
-        vm.set_tss_address(0xfffb_d000).unwrap();
-        vm.create_pit2(kvm_bindings::kvm_pit_config::default())
-            .unwrap();
-        let cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).unwrap();
-        let console = Arc::new(Mutex::new(Vec::<u8>::new()));
-        for index in 0..num_cpus {
-            let mut vcpu = vm.create_vcpu(u64::from(index)).unwrap();
-            let boot = (index == 0).then_some(&start);
-            configure_vcpu(&vcpu, &mem, &cpuid, index, num_cpus, boot).unwrap();
-            let console = console.clone();
-            // The threads stay in KVM_RUN until the process exits.
-            std::thread::spawn(move || loop {
-                match vcpu.run() {
-                    Ok(kvm_ioctls::VcpuExit::IoOut(0x3f8, data)) => {
-                        console.lock().unwrap().extend_from_slice(data)
-                    }
-                    Ok(kvm_ioctls::VcpuExit::IoIn(port, data)) => {
-                        data.fill(0);
-                        if port == 0x3fd {
-                            data[0] = 0x60; // LSR: transmitter empty
-                        }
-                    }
-                    Ok(kvm_ioctls::VcpuExit::MmioRead(_, data)) => data.fill(0),
-                    Ok(kvm_ioctls::VcpuExit::IoOut(..) | kvm_ioctls::VcpuExit::MmioWrite(..)) => {}
-                    // An AP's KVM_RUN returns EAGAIN once it has taken INIT (before SIPI).
-                    Err(e) if e.errno() == libc::EAGAIN || e.errno() == libc::EINTR => {}
-                    exit => {
-                        let text = format!("\n[vcpu {index} stopped: {exit:?}]\n");
-                        console.lock().unwrap().extend_from_slice(text.as_bytes());
-                        return;
-                    }
-                }
-            });
-        }
-        let done = ["Unable to mount root", "Kernel panic", "stopped: "];
-        let deadline = Instant::now() + Duration::from_secs(120);
-        let text = loop {
-            std::thread::sleep(Duration::from_millis(200));
-            let text = String::from_utf8_lossy(&console.lock().unwrap()).into_owned();
-            if done.iter().any(|d| text.contains(d)) || Instant::now() > deadline {
-                break text;
-            }
-        };
-        eprintln!("----- guest console -----\n{text}\n-------------------------");
-        for expected in [
-            "Linux version",
-            "BIOS-e820: [mem 0x0000000000000000-0x000000000009fbff] usable",
-            "BIOS-e820: [mem 0x000000000009fc00-0x000000000009ffff] reserved",
-            "BIOS-e820: [mem 0x0000000000100000-0x000000000fffffff] usable",
-            "Intel MultiProcessor Specification v1.4",
-            "OEM ID: NOVAFLAR",
-            "Brought up 1 node, 2 CPUs",
-            "Unable to mount root",
-        ] {
-            assert!(text.contains(expected), "guest console lacks {expected:?}");
-        }
-    }
-
-    #[test]
-    fn configure_vcpu_rejects_bad_indices() {
-        let mem = create_guest_memory(MEM).unwrap();
-        let Some((kvm, vm)) = test_vm("configure_vcpu_rejects_bad_indices", &mem) else {
-            return;
-        };
-        let cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).unwrap();
-        let vcpu = vm.create_vcpu(0).unwrap();
-        let err = configure_vcpu(&vcpu, &mem, &cpuid, 2, 2, None).unwrap_err();
-        assert_eq!(err.to_string(), "vCPU index 2 is out of range for 2 vCPUs");
-        let err = configure_vcpu(&vcpu, &mem, &cpuid, 0, 0, None).unwrap_err();
-        assert!(matches!(err, BootError::CpuCount(0)));
     }
 }

@@ -14,9 +14,7 @@ use std::mem::size_of;
 use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::layout::{addr32, low_u32, ACPI_START, EBDA_START, IOAPIC_START, LAPIC_START};
-
-/// Largest vCPU count: APIC ids 0..=253 for CPUs, 254 for the I/O APIC, 255 is broadcast.
-pub const MAX_CPUS: u8 = 254;
+use super::vcpu_count::VcpuCount;
 
 const MPC_SPEC_REV: u8 = 4;
 const MP_FEATURE2_IMCR: u8 = 0x80;
@@ -150,28 +148,26 @@ const _: () = assert!(size_of::<MpIntSrc>() == 8);
 /// Errors while building the MP table.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum MptableError {
-    #[error("--cpus must be 1..={MAX_CPUS}, got {0}")]
-    CpuCount(u8),
     #[error("MP table of {size} bytes at {start:#x} would run past {limit:#x}")]
     TooBig { size: usize, start: u64, limit: u64 },
     #[error("cannot write the MP table to guest memory at {0:#x} (is guest memory large enough?)")]
     Write(u64),
 }
 
-/// The I/O APIC's id for `num_cpus` vCPUs (whose APIC ids are 0..num_cpus): the first one free.
+/// The I/O APIC's id for `count` vCPUs (whose APIC ids are 0..count): the first one free.
 /// The ACPI MADT uses the same.
-pub fn ioapic_id(num_cpus: u8) -> u8 {
-    num_cpus
+pub fn ioapic_id(count: VcpuCount) -> u8 {
+    count.get()
 }
 
-/// Total size in bytes of the floating pointer plus the configuration table for `num_cpus`.
-pub fn mptable_size(num_cpus: u8) -> usize {
-    size_of::<MpFloatingPointer>() + config_table_size(num_cpus)
+/// Total size in bytes of the floating pointer plus the configuration table for `count` vCPUs.
+pub fn mptable_size(count: VcpuCount) -> usize {
+    size_of::<MpFloatingPointer>() + config_table_size(count)
 }
 
-fn config_table_size(num_cpus: u8) -> usize {
+fn config_table_size(count: VcpuCount) -> usize {
     size_of::<MpConfigHeader>()
-        + size_of::<MpProcessor>() * usize::from(num_cpus)
+        + size_of::<MpProcessor>() * count.as_usize()
         + size_of::<MpBus>()
         + size_of::<MpIoApic>()
         + size_of::<MpIntSrc>() * usize::from(ISA_IRQS)
@@ -187,17 +183,17 @@ fn checksum_for(sum: u8) -> u8 {
 }
 
 /// Builds the complete table (floating pointer first) as it must appear at `start`.
-fn build_mptable(num_cpus: u8, start: u64) -> Vec<u8> {
+fn build_mptable(count: VcpuCount, start: u64) -> Vec<u8> {
     let config_start = start + size_of::<MpFloatingPointer>() as u64;
-    let mut entries: Vec<u8> = Vec::with_capacity(config_table_size(num_cpus));
-    for cpu in 0..num_cpus {
+    let mut entries: Vec<u8> = Vec::with_capacity(config_table_size(count));
+    for cpu in count.indices() {
         let mut flags = CPU_FLAG_ENABLED;
-        if cpu == 0 {
+        if cpu.is_boot() {
             flags |= CPU_FLAG_BSP;
         }
         let entry = MpProcessor {
             entry_type: ENTRY_PROCESSOR,
-            apic_id: cpu,
+            apic_id: cpu.get(),
             apic_version: LAPIC_VERSION,
             cpu_flags: flags,
             cpu_signature: CPU_SIGNATURE,
@@ -212,7 +208,7 @@ fn build_mptable(num_cpus: u8, start: u64) -> Vec<u8> {
         bus_type: ISA_BUS_TYPE,
     };
     entries.extend_from_slice(bus.as_slice());
-    let ioapic_id = ioapic_id(num_cpus);
+    let ioapic_id = ioapic_id(count);
     let ioapic = MpIoApic {
         entry_type: ENTRY_IOAPIC,
         apic_id: ioapic_id,
@@ -241,15 +237,15 @@ fn build_mptable(num_cpus: u8, start: u64) -> Vec<u8> {
 
     let mut header = MpConfigHeader {
         signature: *b"PCMP",
-        // At most 44 + 255 * 20 + 20 + 8 + 16 * 8 bytes (num_cpus is a u8): fits in u16.
-        length: u16::try_from(config_table_size(num_cpus)).unwrap_or(u16::MAX),
+        // At most 44 + 254 * 20 + 20 + 8 + 16 * 8 bytes: fits in u16.
+        length: u16::try_from(config_table_size(count)).unwrap_or(u16::MAX),
         spec_rev: MPC_SPEC_REV,
         checksum: 0,
         oem_id: MPC_OEM_ID,
         product_id: MPC_PRODUCT_ID,
         oem_table_ptr: 0,
         oem_table_size: 0,
-        entry_count: u16::from(num_cpus) + 2 + u16::from(ISA_IRQS),
+        entry_count: u16::from(count.get()) + 2 + u16::from(ISA_IRQS),
         lapic_addr: const { addr32(LAPIC_START) },
         ext_table_length: 0,
         ext_table_checksum: 0,
@@ -270,20 +266,17 @@ fn build_mptable(num_cpus: u8, start: u64) -> Vec<u8> {
     };
     floating.checksum = checksum_for(checksum_add(0, floating.as_slice()));
 
-    let mut table = Vec::with_capacity(mptable_size(num_cpus));
+    let mut table = Vec::with_capacity(mptable_size(count));
     table.extend_from_slice(floating.as_slice());
     table.extend_from_slice(header.as_slice());
     table.extend_from_slice(&entries);
     table
 }
 
-/// Writes the MP floating pointer and configuration table for `num_cpus` vCPUs at
+/// Writes the MP floating pointer and configuration table for `count` vCPUs at
 /// [`EBDA_START`].
-pub fn setup_mptable(mem: &GuestMemoryMmap, num_cpus: u8) -> Result<(), MptableError> {
-    if num_cpus == 0 || num_cpus > MAX_CPUS {
-        return Err(MptableError::CpuCount(num_cpus));
-    }
-    let size = mptable_size(num_cpus);
+pub fn setup_mptable(mem: &GuestMemoryMmap, count: VcpuCount) -> Result<(), MptableError> {
+    let size = mptable_size(count);
     if EBDA_START + size as u64 > ACPI_START {
         return Err(MptableError::TooBig {
             size,
@@ -291,7 +284,7 @@ pub fn setup_mptable(mem: &GuestMemoryMmap, num_cpus: u8) -> Result<(), MptableE
             limit: ACPI_START,
         });
     }
-    let table = build_mptable(num_cpus, EBDA_START);
+    let table = build_mptable(count, EBDA_START);
     mem.write_slice(&table, GuestAddress(EBDA_START))
         .map_err(|_| MptableError::Write(EBDA_START))
 }
@@ -305,8 +298,12 @@ mod tests {
         GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 2 << 20)]).unwrap()
     }
 
-    fn read_table(mem: &GuestMemoryMmap, num_cpus: u8) -> Vec<u8> {
-        let mut buf = vec![0u8; mptable_size(num_cpus)];
+    fn n(count: u8) -> VcpuCount {
+        VcpuCount::new(count).unwrap()
+    }
+
+    fn read_table(mem: &GuestMemoryMmap, count: u8) -> Vec<u8> {
+        let mut buf = vec![0u8; mptable_size(n(count))];
         mem.read_slice(&mut buf, GuestAddress(EBDA_START)).unwrap();
         buf
     }
@@ -317,16 +314,16 @@ mod tests {
 
     #[test]
     fn sizes_match_the_spec_layout() {
-        assert_eq!(mptable_size(1), 224);
-        assert_eq!(mptable_size(2), 244);
-        assert_eq!(mptable_size(4), 284);
-        assert_eq!(mptable_size(254), 16 + 44 + 20 * 254 + 8 + 8 + 16 * 8);
+        assert_eq!(mptable_size(n(1)), 224);
+        assert_eq!(mptable_size(n(2)), 244);
+        assert_eq!(mptable_size(n(4)), 284);
+        assert_eq!(mptable_size(n(254)), 16 + 44 + 20 * 254 + 8 + 8 + 16 * 8);
     }
 
     #[test]
     fn floating_pointer_bytes() {
         let mem = mem();
-        setup_mptable(&mem, 1).unwrap();
+        setup_mptable(&mem, n(1)).unwrap();
         let t = read_table(&mem, 1);
         assert_eq!(&t[0..4], b"_MP_");
         let physptr = u32::from_le_bytes(t[4..8].try_into().unwrap());
@@ -343,12 +340,12 @@ mod tests {
     fn config_header_bytes_and_checksum() {
         let mem = mem();
         for cpus in [1u8, 2, 4, 254] {
-            setup_mptable(&mem, cpus).unwrap();
+            setup_mptable(&mem, n(cpus)).unwrap();
             let t = read_table(&mem, cpus);
             let pcmp = &t[16..];
             assert_eq!(&pcmp[0..4], b"PCMP");
             let length = u16::from_le_bytes([pcmp[4], pcmp[5]]) as usize;
-            assert_eq!(length, mptable_size(cpus) - 16);
+            assert_eq!(length, mptable_size(n(cpus)) - 16);
             assert_eq!(pcmp.len(), length);
             assert_eq!(pcmp[6], 4, "spec rev");
             assert_eq!(&pcmp[8..16], b"NOVAFLAR");
@@ -365,7 +362,7 @@ mod tests {
     #[test]
     fn processor_entries() {
         let mem = mem();
-        setup_mptable(&mem, 4).unwrap();
+        setup_mptable(&mem, n(4)).unwrap();
         let t = read_table(&mem, 4);
         for cpu in 0..4usize {
             let e = &t[60 + cpu * 20..60 + (cpu + 1) * 20];
@@ -384,7 +381,7 @@ mod tests {
     fn bus_ioapic_and_interrupt_entries() {
         let mem = mem();
         let cpus = 2u8;
-        setup_mptable(&mem, cpus).unwrap();
+        setup_mptable(&mem, n(cpus)).unwrap();
         let t = read_table(&mem, cpus);
         let bus = &t[60 + 40..60 + 48];
         assert_eq!(bus, &[1, 0, b'I', b'S', b'A', b' ', b' ', b' ']);
@@ -399,19 +396,19 @@ mod tests {
             let irq8 = u8::try_from(irq).unwrap();
             assert_eq!(e, &[3, 0, 0, 0, 0, irq8, cpus, irq8], "IRQ {irq}");
         }
-        assert_eq!(116 + 16 * 8, mptable_size(cpus));
+        assert_eq!(116 + 16 * 8, mptable_size(n(cpus)));
     }
 
     #[test]
     fn up_to_41_cpus_fit_in_the_ebda() {
-        assert!(EBDA_START + mptable_size(41) as u64 <= EBDA_END);
-        assert!(EBDA_START + mptable_size(42) as u64 > EBDA_END);
+        assert!(EBDA_START + mptable_size(n(41)) as u64 <= EBDA_END);
+        assert!(EBDA_START + mptable_size(n(42)) as u64 > EBDA_END);
     }
 
     #[test]
     fn max_cpus_table_stays_below_the_acpi_tables() {
         let mem = mem();
-        setup_mptable(&mem, 254).unwrap();
+        setup_mptable(&mem, n(254)).unwrap();
         let t = read_table(&mem, 254);
         assert!(EBDA_START + t.len() as u64 <= ACPI_START);
         // The last processor and the I/O APIC ids.
@@ -423,18 +420,10 @@ mod tests {
     }
 
     #[test]
-    fn invalid_cpu_counts_are_rejected() {
-        let mem = mem();
-        assert_eq!(setup_mptable(&mem, 0), Err(MptableError::CpuCount(0)));
-        assert_eq!(setup_mptable(&mem, 255), Err(MptableError::CpuCount(255)));
-        assert!(MptableError::CpuCount(255).to_string().contains("1..=254"));
-    }
-
-    #[test]
     fn memory_too_small_is_an_error() {
         let tiny = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x9f000)]).unwrap();
         assert_eq!(
-            setup_mptable(&tiny, 1),
+            setup_mptable(&tiny, n(1)),
             Err(MptableError::Write(EBDA_START))
         );
     }

@@ -24,7 +24,10 @@ pub enum KernelStoreError {
     KernelFileNotFound { path: PathBuf },
 
     #[error("{path} is not a kernel image: {reason}")]
-    NotAKernel { path: PathBuf, reason: String },
+    NotAKernel {
+        path: PathBuf,
+        reason: super::image::NotAKernel,
+    },
 
     #[error(
         "kernel `{name}` is corrupt: {path} has sha256 {actual} (size {actual_size}), \

@@ -72,43 +72,59 @@ fn le16(bytes: &[u8], offset: usize) -> u16 {
     u16::from_le_bytes([bytes[offset], bytes[offset + 1]])
 }
 
+/// Why a file's first bytes are not a kernel Volt can boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NotAKernel {
+    #[error("not a regular file")]
+    NotARegularFile,
+    #[error("truncated ELF header")]
+    TruncatedElf,
+    #[error("32-bit ELF; expected an ELF64 x86-64 vmlinux")]
+    Elf32,
+    #[error("big-endian ELF; expected an ELF64 x86-64 vmlinux")]
+    BigEndian,
+    #[error("ELF for machine {0}; expected x86-64 (e_machine {EM_X86_64})")]
+    Machine(u16),
+    #[error("ELF type {0} is not an executable (a vmlinux is ET_EXEC, {ET_EXEC})")]
+    NotExecutable(u16),
+    #[error("has a HdrS setup header but no 0xAA55 boot flag at 0x1FE")]
+    NoBootFlag,
+    #[error(
+        "neither ELF (no \\x7fELF magic) nor bzImage (no \"HdrS\" at 0x202 with 0xAA55 at 0x1FE)"
+    )]
+    Unknown,
+}
+
 /// Decides the format from the first bytes of a file, or says why it is not a kernel.
-pub fn detect_format(header: &[u8]) -> Result<KernelFormat, String> {
+pub fn detect_format(header: &[u8]) -> Result<KernelFormat, NotAKernel> {
     if header.starts_with(ELF_MAGIC) {
         if header.len() < 20 {
-            return Err("truncated ELF header".into());
+            return Err(NotAKernel::TruncatedElf);
         }
         if header[4] != ELFCLASS64 {
-            return Err("32-bit ELF; expected an ELF64 x86-64 vmlinux".into());
+            return Err(NotAKernel::Elf32);
         }
         if header[5] != ELFDATA2LSB {
-            return Err("big-endian ELF; expected an ELF64 x86-64 vmlinux".into());
+            return Err(NotAKernel::BigEndian);
         }
         let machine = le16(header, 18);
         if machine != EM_X86_64 {
-            return Err(format!(
-                "ELF for machine {machine}; expected x86-64 (e_machine {EM_X86_64})"
-            ));
+            return Err(NotAKernel::Machine(machine));
         }
         // A vmlinux is a fixed-address executable; this also rejects PIE programs and objects.
         let elf_type = le16(header, 16);
         if elf_type != ET_EXEC {
-            return Err(format!(
-                "ELF type {elf_type} is not an executable (a vmlinux is ET_EXEC, {ET_EXEC})"
-            ));
+            return Err(NotAKernel::NotExecutable(elf_type));
         }
         return Ok(KernelFormat::Elf);
     }
     if header.len() >= HEADER_LEN && &header[HDRS_OFFSET..HDRS_OFFSET + 4] == b"HdrS" {
         if le16(header, BOOT_FLAG_OFFSET) != BOOT_FLAG {
-            return Err("has a HdrS setup header but no 0xAA55 boot flag at 0x1FE".into());
+            return Err(NotAKernel::NoBootFlag);
         }
         return Ok(KernelFormat::BzImage);
     }
-    Err(
-        "neither ELF (no \\x7fELF magic) nor bzImage (no \"HdrS\" at 0x202 with 0xAA55 at 0x1FE)"
-            .into(),
-    )
+    Err(NotAKernel::Unknown)
 }
 
 /// Reads up to `buf.len()` bytes, stopping early only at end of file.
@@ -271,17 +287,23 @@ mod tests {
 
     #[test]
     fn rejects_other_elves() {
-        let err = detect_format(&elf_header(1, 1, 62)).unwrap_err();
+        let err = detect_format(&elf_header(1, 1, 62))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("32-bit"), "{err}");
-        let err = detect_format(&elf_header(2, 2, 62)).unwrap_err();
+        let err = detect_format(&elf_header(2, 2, 62))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("big-endian"), "{err}");
-        let err = detect_format(&elf_header(2, 1, 183)).unwrap_err();
+        let err = detect_format(&elf_header(2, 1, 183))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("machine 183"), "{err}");
         let mut shared_object = elf_header(2, 1, 62);
         shared_object[16] = 3; // ET_DYN, e.g. a PIE program such as /bin/ls
-        let err = detect_format(&shared_object).unwrap_err();
+        let err = detect_format(&shared_object).unwrap_err().to_string();
         assert!(err.contains("not an executable"), "{err}");
-        let err = detect_format(&ELF_MAGIC[..]).unwrap_err();
+        let err = detect_format(&ELF_MAGIC[..]).unwrap_err().to_string();
         assert!(err.contains("truncated"), "{err}");
     }
 
@@ -290,7 +312,7 @@ mod tests {
         let mut image = bzimage(None);
         assert_eq!(detect_format(&image), Ok(KernelFormat::BzImage));
         image[BOOT_FLAG_OFFSET] = 0;
-        let err = detect_format(&image).unwrap_err();
+        let err = detect_format(&image).unwrap_err().to_string();
         assert!(err.contains("0xAA55"), "{err}");
     }
 

@@ -195,7 +195,7 @@ impl KernelStore {
         if !source_meta.is_file() {
             return Err(KernelStoreError::NotAKernel {
                 path: source.to_path_buf(),
-                reason: "not a regular file".into(),
+                reason: image::NotAKernel::NotARegularFile,
             });
         }
         // Reject non-kernels and bad names before copying anything.

@@ -51,7 +51,7 @@ pub fn resolve_kernel_file(
         return Err(if path.exists() {
             KernelStoreError::NotAKernel {
                 path: path.to_path_buf(),
-                reason: "not a regular file".into(),
+                reason: super::image::NotAKernel::NotARegularFile,
             }
         } else {
             KernelStoreError::KernelFileNotFound {

@@ -19,20 +19,43 @@ struct SnapshotDir {
 
 static SNAPSHOT_DIR: OnceLock<SnapshotDir> = OnceLock::new();
 
+/// Why `--snapshot-dir` cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotDirError {
+    #[error("snapshot directory {path}: {source}")]
+    Resolve {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("snapshot directory {0} is not a directory")]
+    NotADirectory(PathBuf),
+    #[error("snapshot directory {0} has a NUL byte")]
+    NulByte(PathBuf),
+    #[error("cannot open snapshot directory {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the snapshot directory is already set")]
+    AlreadySet,
+}
+
 /// Opens the snapshot directory; call once, before the sandbox is applied. Returns its fd
 /// (for the seccomp rule) and canonical path (for the Landlock rule).
-pub fn open_snapshot_dir(path: &Path) -> Result<(RawFd, PathBuf), String> {
+pub fn open_snapshot_dir(path: &Path) -> Result<(RawFd, PathBuf), SnapshotDirError> {
     let canonical = path
         .canonicalize()
-        .map_err(|e| format!("snapshot directory {}: {e}", path.display()))?;
+        .map_err(|source| SnapshotDirError::Resolve {
+            path: path.to_path_buf(),
+            source,
+        })?;
     if !canonical.is_dir() {
-        return Err(format!(
-            "snapshot directory {} is not a directory",
-            path.display()
-        ));
+        return Err(SnapshotDirError::NotADirectory(path.to_path_buf()));
     }
     let c_path = CString::new(canonical.as_os_str().as_bytes())
-        .map_err(|_| format!("snapshot directory {} has a NUL byte", path.display()))?;
+        .map_err(|_| SnapshotDirError::NulByte(path.to_path_buf()))?;
     // SAFETY: a valid NUL-terminated path; the returned fd is owned below.
     let fd = unsafe {
         libc::open(
@@ -41,11 +64,10 @@ pub fn open_snapshot_dir(path: &Path) -> Result<(RawFd, PathBuf), String> {
         )
     };
     if fd < 0 {
-        return Err(format!(
-            "cannot open snapshot directory {}: {}",
-            path.display(),
-            std::io::Error::last_os_error()
-        ));
+        return Err(SnapshotDirError::Open {
+            path: path.to_path_buf(),
+            source: std::io::Error::last_os_error(),
+        });
     }
     // SAFETY: `fd` was just opened and is owned by nobody else.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
@@ -55,7 +77,7 @@ pub fn open_snapshot_dir(path: &Path) -> Result<(RawFd, PathBuf), String> {
             path: canonical.clone(),
             fd,
         })
-        .map_err(|_| "the snapshot directory is already set".to_string())?;
+        .map_err(|_| SnapshotDirError::AlreadySet)?;
     Ok((raw, canonical))
 }
 

@@ -81,7 +81,8 @@ impl From<&BalloonLayout> for BalloonConfig {
 /// What the VM was built from, kept for its snapshots.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MachineLayout {
-    pub vcpus: u8,
+    /// Checked when the state file is read: a count outside 1..=254 does not parse.
+    pub vcpus: crate::boot::VcpuCount,
     pub mem_bytes: u64,
     /// Disks then network cards, in slot order; the rng and the balloon follow them.
     pub backends: Vec<VirtioBackend>,
@@ -166,7 +167,7 @@ pub enum SnapshotError {
     #[error("cannot restore: {0}")]
     Inconsistent(String),
     #[error("saving the vCPUs failed: {0}")]
-    Vcpus(String),
+    Vcpus(#[source] crate::pause::SaveError),
     #[error("vCPU state: {0}")]
     VcpuState(#[from] VcpuStateError),
     #[error("KVM {what} failed: {source}")]
@@ -329,13 +330,7 @@ pub fn load(state_path: &Path, mem_path: &Path, resume: bool) -> Result<Restore,
 
 fn check_consistent(snapshot: &VmSnapshot) -> Result<(), SnapshotError> {
     let machine = &snapshot.machine;
-    if machine.vcpus == 0 || machine.vcpus > crate::vm::MAX_VCPUS {
-        return Err(SnapshotError::Inconsistent(format!(
-            "{} vCPUs",
-            machine.vcpus
-        )));
-    }
-    if snapshot.vcpus.len() != usize::from(machine.vcpus) {
+    if snapshot.vcpus.len() != machine.vcpus.as_usize() {
         return Err(SnapshotError::Inconsistent(format!(
             "{} vCPU states for {} vCPUs",
             snapshot.vcpus.len(),
@@ -391,4 +386,37 @@ pub fn restore_devices(
         slot.transport.restore(&saved.transport)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_layout_keeps_its_vcpu_count_as_a_number_and_refuses_a_bad_one() {
+        let layout = MachineLayout {
+            vcpus: crate::boot::VcpuCount::new(4u8).unwrap(),
+            mem_bytes: 128 << 20,
+            backends: Vec::new(),
+            rng: true,
+            balloon: None,
+            acpi: true,
+            vsock: false,
+        };
+        let json = serde_json::to_string(&layout).unwrap();
+        assert!(json.contains(r#""vcpus":4"#), "{json}");
+        assert_eq!(
+            serde_json::from_str::<MachineLayout>(&json).unwrap(),
+            layout
+        );
+        for bad in ["0", "255"] {
+            let json = json.replace(r#""vcpus":4"#, &format!(r#""vcpus":{bad}"#));
+            let err = serde_json::from_str::<MachineLayout>(&json).unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains(&format!("the vCPU count must be 1 to 254, not {bad}")),
+                "{err}"
+            );
+        }
+    }
 }

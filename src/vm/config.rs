@@ -2,8 +2,7 @@
 
 use super::*;
 
-/// The most vCPUs the MP table can describe (I/O APIC id = vCPU count must stay below 255).
-pub const MAX_VCPUS: u8 = boot::MAX_CPUS;
+pub use crate::boot::{VcpuCount, MAX_VCPUS};
 
 /// What the guest runs.
 pub enum BootSource {
@@ -37,7 +36,7 @@ pub struct NetConfig {
 }
 
 pub struct VmConfig {
-    pub vcpus: u8,
+    pub vcpus: VcpuCount,
     pub mem_bytes: u64,
     pub boot: BootSource,
     /// The first disk is /dev/vda.

@@ -10,8 +10,6 @@ pub enum VmError {
     KvmPermission,
     #[error("cannot open /dev/kvm: {0}")]
     KvmOpen(#[source] kvm_ioctls::Error),
-    #[error("--cpus must be between 1 and {MAX_VCPUS}, not {0}")]
-    BadVcpuCount(u8),
     #[error("cannot open {what} {path}: {source}")]
     OpenFile {
         what: &'static str,

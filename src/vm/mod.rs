@@ -90,9 +90,6 @@ impl Vm {
     }
 
     pub fn build(config: VmConfig) -> Result<Vm, VmError> {
-        if config.vcpus == 0 || config.vcpus > MAX_VCPUS {
-            return Err(VmError::BadVcpuCount(config.vcpus));
-        }
         let kvm = open_kvm()?;
         let vm_fd = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
         let mem = match &config.boot {
@@ -152,13 +149,17 @@ impl Vm {
         if let Ok(list) = kvm.get_msr_index_list() {
             crate::snapshot::vcpu_state::set_msr_indices(list.as_slice().to_vec());
         }
-        let mut vcpus = Vec::with_capacity(config.vcpus.into());
-        for index in 0..config.vcpus {
+        let mut vcpus = Vec::with_capacity(config.vcpus.as_usize());
+        for index in config.vcpus.indices() {
             let vcpu = vm_fd
-                .create_vcpu(index.into())
+                .create_vcpu(index.get().into())
                 .map_err(kvm_err("KVM_CREATE_VCPU"))?;
-            let start = if index == 0 { entry.as_ref() } else { None };
-            boot::configure_vcpu(&vcpu, &mem, &supported_cpuid, index, config.vcpus, start)?;
+            let start = if index.is_boot() {
+                entry.as_ref()
+            } else {
+                None
+            };
+            boot::configure_vcpu(&vcpu, &mem, &supported_cpuid, index, start)?;
             if let BootSource::Raw { load_addr, .. } = &config.boot {
                 start_raw_vcpu(&vcpu, &mem, *load_addr, index)?;
             }

@@ -12,15 +12,16 @@ pub(super) fn start_raw_vcpu(
     vcpu: &VcpuFd,
     mem: &GuestMemoryMmap,
     load_addr: u64,
-    index: u8,
+    vcpu_index: boot::VcpuIndex,
 ) -> Result<(), VmError> {
+    let index = vcpu_index.get();
     boot::regs::setup_long_mode(vcpu, mem, GuestAddress(load_addr), None)
         .map_err(BootError::from)?;
     let mut regs = vcpu.get_regs().map_err(kvm_err("KVM_GET_REGS"))?;
     regs.rdi = index.into();
     regs.rsp = RAW_STACK_TOP - u64::from(index) * RAW_STACK_SIZE;
     vcpu.set_regs(&regs).map_err(kvm_err("KVM_SET_REGS"))?;
-    if index > 0 {
+    if !vcpu_index.is_boot() {
         // Application processors wait for INIT/SIPI; a raw image has them start at once.
         let mut mp_state = vcpu.get_mp_state().map_err(kvm_err("KVM_GET_MP_STATE"))?;
         mp_state.mp_state = kvm_bindings::KVM_MP_STATE_RUNNABLE;

@@ -21,6 +21,14 @@ impl Answer {
             .unwrap_or_else(|| panic!("no fault_message in {:?}", self.body))
             .to_string()
     }
+
+    /// Asserts a 400 whose fault message contains `needle`.
+    #[track_caller]
+    pub fn assert_refused(&self, needle: &str) {
+        assert_eq!(self.status, 400, "{:?}", self.body);
+        let fault = self.fault();
+        assert!(fault.contains(needle), "{needle:?} not in {fault:?}");
+    }
 }
 
 /// Sends one request on a fresh connection and reads the answer.

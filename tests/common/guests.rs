@@ -96,3 +96,36 @@ pub fn map_high_gib_uncached(a: &mut CodeAssembler, pd: u64) -> Result<(), IcedE
     a.mov(rax, cr3)?;
     a.mov(cr3, rax)
 }
+
+/// A virtio-mmio driver's init through the registers at rbx: ACKNOWLEDGE, DRIVER,
+/// VERSION_1 plus `features_low`, FEATURES_OK, then `queues` queues of 8 entries, queue i
+/// at `queue_addr(i)` (descriptors there, the avail ring 0x1000 and the used ring 0x2000
+/// above), then DRIVER_OK.
+pub fn virtio_mmio_init(
+    a: &mut CodeAssembler,
+    features_low: u32,
+    queues: u32,
+    queue_addr: impl Fn(u32) -> u64,
+) -> Result<(), IcedError> {
+    a.mov(dword_ptr(rbx + 0x70), 1u32)?;
+    a.mov(dword_ptr(rbx + 0x70), 3u32)?;
+    a.mov(dword_ptr(rbx + 0x24), 1u32)?;
+    a.mov(dword_ptr(rbx + 0x20), 1u32)?; // VIRTIO_F_VERSION_1 (bit 32)
+    a.mov(dword_ptr(rbx + 0x24), 0u32)?;
+    a.mov(dword_ptr(rbx + 0x20), features_low)?;
+    a.mov(dword_ptr(rbx + 0x70), 0xbu32)?;
+    for index in 0..queues {
+        let base = queue_addr(index);
+        a.mov(dword_ptr(rbx + 0x30), index)?;
+        a.mov(dword_ptr(rbx + 0x38), 8u32)?;
+        for (reg, addr) in [(0x80, base), (0x90, base + 0x1000), (0xa0, base + 0x2000)] {
+            a.mov(
+                dword_ptr(rbx + reg),
+                u32::try_from(addr).expect("below 4 GiB"),
+            )?;
+            a.mov(dword_ptr(rbx + reg + 4), 0u32)?;
+        }
+        a.mov(dword_ptr(rbx + 0x44), 1u32)?;
+    }
+    a.mov(dword_ptr(rbx + 0x70), 0xfu32)
+}

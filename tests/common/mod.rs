@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use iced_x86::code_asm::CodeAssembler;
 use volt::event_loop::{LoopStats, VmExit};
 use volt::sandbox::SeccompMode;
-use volt::vm::{BootSource, Vm, VmConfig};
+use volt::vm::{BootSource, VcpuCount, Vm, VmConfig};
 
 /// Where raw test guests are loaded and start (1 MiB, like a kernel).
 pub const GUEST_LOAD_ADDR: u64 = 0x10_0000;
@@ -92,7 +92,7 @@ pub fn run_raw_guest_configured(
 ) -> RawRun {
     let console = CapturedConsole::default();
     let mut config = VmConfig {
-        vcpus,
+        vcpus: VcpuCount::new(vcpus).expect("a test asks for 1 to 254 vCPUs"),
         mem_bytes: 64 << 20,
         boot: BootSource::Raw {
             code,

@@ -30,7 +30,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestM
 use super::timer::DeviceTimer;
 use super::{
     has_feature, log_allowed, next_chain, read_config_bytes, ActivateError, QueueContext,
-    VirtioDevice, QUEUE_MAX_SIZE, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
+    VirtioCommon, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
 };
 
 /// The host should be told before a page is deflated (not offered: pages need no notice).
@@ -155,8 +155,8 @@ enum Role {
 /// A virtio-balloon device.
 pub struct Balloon {
     config: BalloonConfig,
-    avail_features: u64,
-    queue_sizes: Vec<u16>,
+    /// No fixed config: `num_pages` and `actual` change (see `read_config`).
+    common: VirtioCommon,
     roles: Vec<Role>,
     num_pages: u32,
     actual: u32,
@@ -203,8 +203,7 @@ impl Balloon {
         let num_pages = u32::try_from(config.target_bytes / BALLOON_PAGE_SIZE).unwrap_or(u32::MAX);
         Ok(Balloon {
             config,
-            avail_features,
-            queue_sizes: vec![QUEUE_MAX_SIZE; queues],
+            common: VirtioCommon::new(VIRTIO_ID_BALLOON, avail_features, queues),
             roles: Vec::new(),
             num_pages,
             actual: 0,
@@ -229,10 +228,10 @@ impl Balloon {
 
     fn roles_for(&self, acked: u64) -> Vec<Role> {
         let mut roles = vec![Role::Inflate, Role::Deflate];
-        if has_feature(acked & self.avail_features, F_STATS_VQ) {
+        if has_feature(acked & self.common.avail_features, F_STATS_VQ) {
             roles.push(Role::Stats);
         }
-        if has_feature(acked & self.avail_features, F_REPORTING) {
+        if has_feature(acked & self.common.avail_features, F_REPORTING) {
             roles.push(Role::Reporting);
         }
         roles
@@ -584,20 +583,12 @@ impl Balloon {
 }
 
 impl VirtioDevice for Balloon {
-    fn device_type(&self) -> u32 {
-        VIRTIO_ID_BALLOON
-    }
-
-    fn queue_max_sizes(&self) -> &[u16] {
-        &self.queue_sizes
+    fn common(&self) -> &VirtioCommon {
+        &self.common
     }
 
     fn queues_needed(&self, acked_features: u64) -> usize {
         self.roles_for(acked_features).len()
-    }
-
-    fn avail_features(&self) -> u64 {
-        self.avail_features
     }
 
     /// virtio_balloon_config: num_pages @0, actual @4, free_page_hint_cmd_id @8, poison_val @12.

@@ -72,6 +72,39 @@ pub struct QueueContext<'a> {
     pub queues: &'a mut [Queue],
 }
 
+/// What every device states the same way, answered by [`VirtioDevice`]'s provided methods:
+/// its id, the features it offers, its queues (all of [`QUEUE_MAX_SIZE`]) and, for a device
+/// whose config space never changes, the config space bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VirtioCommon {
+    pub device_type: u32,
+    /// Must include `VIRTIO_F_VERSION_1`.
+    pub avail_features: u64,
+    pub queue_max_sizes: Vec<u16>,
+    /// Read by the provided [`VirtioDevice::read_config`]; bytes past the end read 0.
+    pub config: Vec<u8>,
+}
+
+impl VirtioCommon {
+    /// A device with `queues` queues of [`QUEUE_MAX_SIZE`] and an empty config space.
+    pub fn new(device_type: u32, avail_features: u64, queues: usize) -> Self {
+        VirtioCommon {
+            device_type,
+            avail_features,
+            queue_max_sizes: vec![QUEUE_MAX_SIZE; queues],
+            config: Vec::new(),
+        }
+    }
+
+    /// The same, with a fixed config space.
+    pub fn with_config(self, config: &[u8]) -> Self {
+        VirtioCommon {
+            config: config.to_vec(),
+            ..self
+        }
+    }
+}
+
 /// The device-specific half of a virtio device.
 ///
 /// Every method that processes work returns `true` when it added used buffers to any queue:
@@ -79,19 +112,30 @@ pub struct QueueContext<'a> {
 /// `Send` so a device can be built on one thread and handed to the event-loop thread; it is
 /// never shared.
 pub trait VirtioDevice: Send {
+    /// The id, features, queue sizes and fixed config space the provided methods answer from.
+    fn common(&self) -> &VirtioCommon;
     /// Virtio device id (`VIRTIO_ID_BLOCK`, `VIRTIO_ID_NET`, ...).
-    fn device_type(&self) -> u32;
+    fn device_type(&self) -> u32 {
+        self.common().device_type
+    }
     /// Maximum size of each queue; its length is the number of queues.
-    fn queue_max_sizes(&self) -> &[u16];
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.common().queue_max_sizes
+    }
     /// How many queues (from index 0) the driver must set up for `acked_features`; all of
     /// them by default. A device whose queues depend on features (the balloon) says fewer.
     fn queues_needed(&self, _acked_features: u64) -> usize {
         self.queue_max_sizes().len()
     }
     /// Feature bits the device offers (must include `VIRTIO_F_VERSION_1`).
-    fn avail_features(&self) -> u64;
+    fn avail_features(&self) -> u64 {
+        self.common().avail_features
+    }
     /// Reads `data.len()` bytes of device config space at `offset`. Bytes past the end read 0.
-    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// By default from [`VirtioCommon::config`]; a device whose config changes overrides it.
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.common().config, offset, data);
+    }
     /// Driver writes to config space; ignored by default (block and net have none writable).
     fn write_config(&mut self, offset: u64, data: &[u8]) {
         crate::rl_warn!(
@@ -99,12 +143,15 @@ pub trait VirtioDevice: Send {
             data.len()
         );
     }
-    /// The driver set DRIVER_OK: start with the negotiated features and the given queues.
+    /// The driver set DRIVER_OK: start with the negotiated features and the given queues
+    /// (which the transport has checked). Nothing to do by default.
     fn activate(
         &mut self,
-        acked_features: u64,
-        ctx: &mut QueueContext,
-    ) -> Result<(), ActivateError>;
+        _acked_features: u64,
+        _ctx: &mut QueueContext,
+    ) -> Result<(), ActivateError> {
+        Ok(())
+    }
     /// The driver notified queue `index`.
     fn process_queue(&mut self, index: usize, ctx: &mut QueueContext) -> bool;
     /// Host-side file descriptors the event loop watches for this device (edge-triggered).

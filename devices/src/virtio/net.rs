@@ -12,8 +12,8 @@ use vm_memory::GuestMemoryMmap;
 
 use super::tap::{Tap, TapError, VNET_HDR_LEN};
 use super::{
-    has_feature, next_chain, read_config_bytes, ActivateError, QueueContext, VirtioDevice,
-    QUEUE_MAX_SIZE, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
+    has_feature, next_chain, ActivateError, QueueContext, VirtioCommon, VirtioDevice,
+    VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
 
 /// Receive queue index.
@@ -22,7 +22,6 @@ pub const RX_QUEUE: usize = 0;
 pub const TX_QUEUE: usize = 1;
 /// Largest frame with header: 64 KiB TSO payload + Ethernet/VLAN headers + virtio-net header.
 const MAX_FRAME_LEN: usize = 65562;
-const QUEUE_SIZES: [u16; 2] = [QUEUE_MAX_SIZE, QUEUE_MAX_SIZE];
 /// Offset of `num_buffers` inside virtio_net_hdr_v1.
 const NUM_BUFFERS_OFFSET: usize = 10;
 
@@ -48,8 +47,7 @@ pub enum NetError {
 pub struct Net {
     tap: Tap,
     mac: [u8; 6],
-    config: [u8; 8],
-    avail_features: u64,
+    common: VirtioCommon,
     rx_frame: Vec<u8>,
     tx_frame: Vec<u8>,
     /// The tap refused a TX frame with EAGAIN; retry when it becomes writable.
@@ -94,8 +92,7 @@ impl Net {
         Net {
             tap,
             mac,
-            config,
-            avail_features,
+            common: VirtioCommon::new(VIRTIO_ID_NET, avail_features, 2).with_config(&config),
             rx_frame: vec![0; MAX_FRAME_LEN],
             tx_frame: vec![0; MAX_FRAME_LEN],
             tx_blocked: false,
@@ -258,20 +255,8 @@ impl Net {
 }
 
 impl VirtioDevice for Net {
-    fn device_type(&self) -> u32 {
-        VIRTIO_ID_NET
-    }
-
-    fn queue_max_sizes(&self) -> &[u16] {
-        &QUEUE_SIZES
-    }
-
-    fn avail_features(&self) -> u64 {
-        self.avail_features
-    }
-
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        read_config_bytes(&self.config, offset, data);
+    fn common(&self) -> &VirtioCommon {
+        &self.common
     }
 
     fn activate(

@@ -20,11 +20,10 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::timer::DeviceTimer;
 use super::{
-    log_allowed, next_chain, ActivateError, QueueContext, VirtioDevice, QUEUE_MAX_SIZE,
-    VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
+    log_allowed, next_chain, QueueContext, VirtioCommon, VirtioDevice, VIRTIO_F_VERSION_1,
+    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
 
-const QUEUE_SIZES: [u16; 1] = [QUEUE_MAX_SIZE];
 /// The most bytes one request gets, whatever its buffers' size (Linux asks for 64 at a time).
 pub const MAX_REQUEST_BYTES: u64 = 64 * 1024;
 /// Random bytes are produced through a scratch buffer of this size.
@@ -112,6 +111,8 @@ impl TokenBucket {
 
 /// A virtio-rng device.
 pub struct Rng {
+    /// No config space: virtio-rng has none.
+    common: VirtioCommon,
     bucket: TokenBucket,
     timer: DeviceTimer,
     scratch: Vec<u8>,
@@ -122,6 +123,11 @@ impl Rng {
     /// A device limited by `config`; creates its timer (a timerfd).
     pub fn new(config: RngConfig) -> io::Result<Rng> {
         Ok(Rng {
+            common: VirtioCommon::new(
+                VIRTIO_ID_RNG,
+                VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX | VIRTIO_RING_F_INDIRECT_DESC,
+                1,
+            ),
             bucket: TokenBucket::new(config),
             timer: DeviceTimer::new()?,
             scratch: vec![0; SCRATCH_BYTES],
@@ -244,29 +250,8 @@ fn getrandom(buf: &mut [u8]) -> io::Result<()> {
 }
 
 impl VirtioDevice for Rng {
-    fn device_type(&self) -> u32 {
-        VIRTIO_ID_RNG
-    }
-
-    fn queue_max_sizes(&self) -> &[u16] {
-        &QUEUE_SIZES
-    }
-
-    fn avail_features(&self) -> u64 {
-        VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX | VIRTIO_RING_F_INDIRECT_DESC
-    }
-
-    fn read_config(&self, _offset: u64, data: &mut [u8]) {
-        // virtio-rng has no configuration space.
-        data.fill(0);
-    }
-
-    fn activate(
-        &mut self,
-        _acked_features: u64,
-        _ctx: &mut QueueContext,
-    ) -> Result<(), ActivateError> {
-        Ok(())
+    fn common(&self) -> &VirtioCommon {
+        &self.common
     }
 
     fn process_queue(&mut self, index: usize, ctx: &mut QueueContext) -> bool {

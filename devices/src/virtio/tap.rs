@@ -3,7 +3,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::io::{AsRawFd, RawFd};
+use std::os::unix::io::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
 use thiserror::Error;
@@ -129,6 +129,28 @@ impl Tap {
             file,
             name: name.to_string(),
         }
+    }
+
+    /// A `Tap` named `name` on one end of a new non-blocking `SOCK_SEQPACKET` socketpair
+    /// (see [`Tap::from_file`]), and the other end, where the host side's frames go in and out.
+    pub fn socketpair(name: &str) -> io::Result<(Tap, File)> {
+        let mut fds = [0; 2];
+        // SAFETY: socketpair writes two fds into the valid 2-element array.
+        let ret = unsafe {
+            libc::socketpair(
+                libc::AF_UNIX,
+                libc::SOCK_SEQPACKET | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                0,
+                fds.as_mut_ptr(),
+            )
+        };
+        if ret != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: both fds are fresh and owned by nobody else.
+        let (device, host) =
+            unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        Ok((Tap::from_file(File::from(device), name), File::from(host)))
     }
 
     /// The interface name.

@@ -228,6 +228,13 @@ pub fn guest_memory() -> GuestMemoryMmap {
 }
 
 impl Driver {
+    /// Writes a virtio-blk request header (type, reserved, sector) at `at`.
+    pub fn write_blk_header(&self, at: u64, request_type: u32, sector: u64) {
+        self.mem.write_obj(request_type, GuestAddress(at)).unwrap();
+        self.mem.write_obj(0u32, GuestAddress(at + 4)).unwrap();
+        self.mem.write_obj(sector, GuestAddress(at + 8)).unwrap();
+    }
+
     pub fn new(device: Box<dyn VirtioDevice>) -> Driver {
         Driver::with_memory(device, guest_memory())
     }

@@ -18,35 +18,9 @@
 #include <unistd.h>
 #include <linux/vm_sockets.h>
 
+#include "fdio.h"
+
 static char buf[64 * 1024];
-
-static int write_all(int fd, const char *p, size_t n) {
-  while (n > 0) {
-    ssize_t w = write(fd, p, n);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      return -1;
-    }
-    p += w;
-    n -= (size_t)w;
-  }
-  return 0;
-}
-
-/* Reads one line (without the newline) byte by byte, so nothing behind it is consumed. */
-static int read_line(int fd, char *line, size_t max) {
-  size_t n = 0;
-  while (n + 1 < max) {
-    char c;
-    ssize_t r = read(fd, &c, 1);
-    if (r < 0 && errno == EINTR) continue;
-    if (r <= 0) return -1;
-    if (c == '\n') break;
-    line[n++] = c;
-  }
-  line[n] = 0;
-  return (int)n;
-}
 
 static int do_connect(unsigned cid, unsigned port, const char *msg) {
   int fd = socket(AF_VSOCK, SOCK_STREAM, 0);

@@ -27,15 +27,14 @@ use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::{
-    next_chain, read_config_bytes, ActivateError, QueueContext, VirtioDevice, QUEUE_MAX_SIZE,
-    VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
+    next_chain, QueueContext, VirtioCommon, VirtioDevice, QUEUE_MAX_SIZE, VIRTIO_F_VERSION_1,
+    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
 use request::{DiskInfo, IoOp, IoRequest, Parsed};
 use uring::UringEngine;
 
 /// Virtio-block always counts in 512-byte sectors, whatever the logical block size.
 pub const SECTOR_SIZE: u64 = 512;
-const QUEUE_SIZES: [u16; 1] = [QUEUE_MAX_SIZE];
 /// Requests one disk may have in flight on io_uring (the ring size). Half the queue size: it
 /// bounds the kernel-side work a guest can start, and a driver that fills the whole queue
 /// gets the rest served as completions free room.
@@ -131,8 +130,7 @@ pub struct Block {
     read_only: bool,
     capacity_sectors: u64,
     disk_id: [u8; VIRTIO_BLK_ID_BYTES as usize],
-    config: Vec<u8>,
-    avail_features: u64,
+    common: VirtioCommon,
     guest_errors: LogLimit,
 }
 
@@ -239,8 +237,8 @@ impl Block {
             read_only,
             capacity_sectors,
             disk_id: disk_id(&metadata),
-            config: build_config(capacity_sectors),
-            avail_features,
+            common: VirtioCommon::new(VIRTIO_ID_BLOCK, avail_features, 1)
+                .with_config(&build_config(capacity_sectors)),
             engine,
             guest_errors: LogLimit::default(),
         })
@@ -480,30 +478,10 @@ fn disk_id(metadata: &std::fs::Metadata) -> [u8; VIRTIO_BLK_ID_BYTES as usize] {
     id
 }
 
+// activate: the provided no-op (the engine is ready since the device was built).
 impl VirtioDevice for Block {
-    fn device_type(&self) -> u32 {
-        VIRTIO_ID_BLOCK
-    }
-
-    fn queue_max_sizes(&self) -> &[u16] {
-        &QUEUE_SIZES
-    }
-
-    fn avail_features(&self) -> u64 {
-        self.avail_features
-    }
-
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        read_config_bytes(&self.config, offset, data);
-    }
-
-    fn activate(
-        &mut self,
-        _acked_features: u64,
-        _ctx: &mut QueueContext,
-    ) -> Result<(), ActivateError> {
-        // The transport checked the queue; the engine is ready since the device was built.
-        Ok(())
+    fn common(&self) -> &VirtioCommon {
+        &self.common
     }
 
     fn process_queue(&mut self, index: usize, ctx: &mut QueueContext) -> bool {

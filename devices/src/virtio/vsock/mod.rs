@@ -30,8 +30,8 @@ use virtio_queue::{Queue, QueueOwnedT, QueueT, Reader, Writer};
 use vm_memory::GuestMemoryMmap;
 
 use super::{
-    next_chain, read_config_bytes, ActivateError, QueueContext, VirtioDevice, QUEUE_MAX_SIZE,
-    VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
+    next_chain, QueueContext, VirtioCommon, VirtioDevice, VIRTIO_F_VERSION_1,
+    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
 use connection::{pending, ConnError, ConnKey, ConnState, Connection};
 use metrics::inc;
@@ -64,8 +64,6 @@ const FIRST_HOST_PORT: u32 = 1 << 30;
 const LISTENER_TOKEN: u64 = 0;
 const CONN_EVENTS: u32 = (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP) as u32;
 
-const QUEUE_SIZES: [u16; 3] = [QUEUE_MAX_SIZE, QUEUE_MAX_SIZE, QUEUE_MAX_SIZE];
-
 /// Why a vsock device could not be created.
 #[derive(Debug, Error)]
 pub enum VsockError {
@@ -89,7 +87,8 @@ pub struct Vsock {
     path: PathBuf,
     listener: UnixListener,
     epoll: host::Epoll,
-    config: [u8; 8],
+    /// Config space: the guest's CID (le64).
+    common: VirtioCommon,
     conns: BTreeMap<ConnKey, Connection>,
     /// Inner epoll token -> stream.
     tokens: HashMap<u64, ConnKey>,
@@ -126,7 +125,15 @@ impl Vsock {
             path: path.to_path_buf(),
             listener,
             epoll,
-            config: cid.to_le_bytes(),
+            common: VirtioCommon::new(
+                VIRTIO_ID_VSOCK,
+                VIRTIO_F_VERSION_1
+                    | VIRTIO_RING_F_EVENT_IDX
+                    | VIRTIO_RING_F_INDIRECT_DESC
+                    | VIRTIO_VSOCK_F_STREAM,
+                3,
+            )
+            .with_config(&cid.to_le_bytes()),
             conns: BTreeMap::new(),
             tokens: HashMap::new(),
             handshakes: HashMap::new(),
@@ -713,31 +720,8 @@ impl Drop for Vsock {
 }
 
 impl VirtioDevice for Vsock {
-    fn device_type(&self) -> u32 {
-        VIRTIO_ID_VSOCK
-    }
-
-    fn queue_max_sizes(&self) -> &[u16] {
-        &QUEUE_SIZES
-    }
-
-    fn avail_features(&self) -> u64 {
-        VIRTIO_F_VERSION_1
-            | VIRTIO_RING_F_EVENT_IDX
-            | VIRTIO_RING_F_INDIRECT_DESC
-            | VIRTIO_VSOCK_F_STREAM
-    }
-
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        read_config_bytes(&self.config, offset, data);
-    }
-
-    fn activate(
-        &mut self,
-        _acked_features: u64,
-        _ctx: &mut QueueContext,
-    ) -> Result<(), ActivateError> {
-        Ok(())
+    fn common(&self) -> &VirtioCommon {
+        &self.common
     }
 
     fn process_queue(&mut self, index: usize, ctx: &mut QueueContext) -> bool {
