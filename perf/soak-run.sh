@@ -9,7 +9,7 @@
 #            both into one pipe read by cat);  ROUNDS  how often the whole matrix runs
 #   SHOW_ALL non-empty: print every boot's whole output
 #   STUCK_S  a boot still running after this many seconds is a hang (default 60)
-# Every kernel boots with nokaslr, so that perf/soak.sh can name the guest RIPs of a hang.
+#   SOAK_APPEND  more kernel command line for every boot (e.g. nokaslr)
 # Per boot: `SOAK-BOOT build=B kernel=K cpus=N console=C round=R result=pass|fail|hung seconds=S`.
 # A hang first gets SIGUSR1 (Volt's own thread report), then every thread's kernel-side state
 # (state, syscall, wchan, stack) and the KVM debugfs counters, then SIGKILL. (Helpers use _-prefixed
@@ -43,7 +43,7 @@ dump_threads() {
 soak_exec() {
   case $_cmd in
     firecracker*) exec $_cmd ;;
-    *) exec $_cmd --cmdline "$BASE_CMDLINE reboot=k nokaslr" ;;
+    *) exec $_cmd --cmdline "$BASE_CMDLINE reboot=k ${SOAK_APPEND:-}" ;;
   esac
 }
 
@@ -56,8 +56,8 @@ one_boot() {
   esac
   if [ "$_b" = firecracker ]; then
     case $_k in
-      stock) vmm_command firecracker "$_c" "$K/debian-vmlinuz" "" "" nokaslr ;;
-      own) vmm_command firecracker "$_c" "$K/vmlinux" "$TMPD/soak.ext4" "" nokaslr ;;
+      stock) vmm_command firecracker "$_c" "$K/debian-vmlinuz" "" "" "${SOAK_APPEND:-}" ;;
+      own) vmm_command firecracker "$_c" "$K/vmlinux" "$TMPD/soak.ext4" "" "${SOAK_APPEND:-}" ;;
     esac
     _cmd="$VMM_ARGS"
   else

@@ -6,7 +6,7 @@
 #
 # usage: perf/soak.sh [--rounds N] [--builds "dynamic static"] [--kernels "stock own"]
 #                     [--cpus "1 2 4"] [--consoles "file pipe"] [--stuck SECS] [--raw FILE]
-#                     [--mode auto|direct|nested]
+#                     [--mode auto|direct|nested] [--append "KERNEL ARGS"]
 # Builds: dynamic, static (Volt) and firecracker (../shared/anchors/firecracker, the anchor: the
 # same boots under another VMM tell a fault of the bed or the guest from one of Volt's).
 # One round is every combination once (2 kernels x 3 cpu counts x 2 consoles = 12 boots per build).
@@ -16,7 +16,7 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 . "$repo/tests/nested/common.sh"
 rounds=1 builds="dynamic static" kernels="stock own" cpus="1 2 4" consoles="file pipe" stuck=60
-mode=auto raw=
+mode=auto raw= append=
 while [ $# -gt 0 ]; do
   case $1 in
     --rounds) rounds=$2; shift 2 ;;
@@ -27,6 +27,7 @@ while [ $# -gt 0 ]; do
     --stuck) stuck=$2; shift 2 ;;
     --mode) mode=$2; shift 2 ;;
     --raw) raw=$2; shift 2 ;;
+    --append) append=$2; shift 2 ;;
     *) echo "soak: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -48,8 +49,8 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 "$repo/tests/nested/make-payload.sh" "$work/p" "$repo/perf/soak-run.sh" "${args[@]}" >/dev/null
 [ -n "${SHOW_ALL:-}" ] && echo "SHOW_ALL=1" > "$work/p/env.sh"
-printf 'BUILDS="%s"\nKERNELS="%s"\nCPUS="%s"\nCONSOLES="%s"\nROUNDS=%s\nSTUCK_S=%s\n' \
-  "$names" "$kernels" "$cpus" "$consoles" "$rounds" "$stuck" >> "$work/p/env.sh"
+printf 'BUILDS="%s"\nKERNELS="%s"\nCPUS="%s"\nCONSOLES="%s"\nROUNDS=%s\nSTUCK_S=%s\nSOAK_APPEND="%s"\n' \
+  "$names" "$kernels" "$cpus" "$consoles" "$rounds" "$stuck" "$append" >> "$work/p/env.sh"
 per_boot=$(( stuck + 15 ))
 n=$(( rounds * $(wc -w <<<"$builds") * $(wc -w <<<"$kernels") * $(wc -w <<<"$cpus") * $(wc -w <<<"$consoles") ))
 echo "soak: $n boots ($builds; $kernels; cpus $cpus; console $consoles; $rounds rounds), mode $mode" >&2
@@ -79,7 +80,8 @@ for attempt in $(seq 1 10); do
 done
 echo "soak: payload finished in $(( $(date +%s) - start )) s" >&2
 [ -n "$raw" ] && cp "$work/out.txt" "$raw"
-# Guest RIPs in thread reports, named from the kernels' symbols (the boots run with nokaslr).
+# Guest RIPs in thread reports, named from the kernels' symbols (a KASLR offset is taken from the
+# IDT base the report gives).
 # Debian ships no System.map with its kernel; kallsyms-finder (pip install vmlinux-to-elf) reads
 # the symbol table out of the image itself.
 maps=("own=$("$repo/perf/guest/build-kernel.sh" 2>/dev/null)/vmlinux")

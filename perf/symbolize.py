@@ -2,7 +2,8 @@
 """Names the guest RIPs in Volt's thread reports: every `rip=0x..,0x..` list on stdin gets each
 address followed by (symbol+offset) from a System.map (a vmlinux also works: its `nm` output is
 read). With several NAME=MAP arguments, a line containing `kernel=NAME` (perf/soak.sh's hang
-lines) selects the map for the lines after it; the first is the default.
+lines) selects the map for the lines after it; the first is the default. A line's `idt=0x..`
+(the guest's IDT base, i.e. its `idt_table`) gives a randomized (KASLR) kernel's offset.
 
 usage: perf/symbolize.py [NAME=]MAP_OR_VMLINUX... < report.txt
 """
@@ -17,13 +18,15 @@ def load(path):
         text = subprocess.run(["nm", "-n", path], capture_output=True, text=True).stdout
     else:
         text = open(path, encoding="ascii", errors="replace").read()
-    symbols = []
+    symbols, idt_table = [], None
     for line in text.splitlines():
         parts = line.split()
         if len(parts) == 3 and parts[1] in "tTwW":
             symbols.append((int(parts[0], 16), parts[2]))
+        elif len(parts) == 3 and parts[2] == "idt_table":
+            idt_table = int(parts[0], 16)
     symbols.sort()
-    return symbols
+    return symbols, idt_table
 
 
 def main():
@@ -31,10 +34,12 @@ def main():
     for arg in sys.argv[1:]:
         label, _, path = arg.rpartition("=")
         maps[label or path] = load(path)
-    current = next(iter(maps.values()), [])
+    current, idt_table = next(iter(maps.values()), ([], None))
+
+    offset = 0
 
     def name(match):
-        addr = int(match.group(0), 16)
+        addr = int(match.group(0), 16) - offset
         i = bisect.bisect_right(current, (addr, "\uffff")) - 1
         if i >= 0 and addr - current[i][0] < 0x10000 and i + 1 < len(current):
             start, sym = current[i]
@@ -44,7 +49,11 @@ def main():
     for line in sys.stdin:
         chosen = re.search(r"kernel=(\S+)", line)
         if chosen and chosen.group(1) in maps:
-            current = maps[chosen.group(1)]
+            current, idt_table = maps[chosen.group(1)]
+        offset = 0
+        idt = re.search(r"idt=(0x[0-9a-f]+)", line)
+        if idt and idt_table and int(idt.group(1), 16) != 0:
+            offset = int(idt.group(1), 16) - idt_table
         if "rip=" in line:
             head, _, tail = line.partition("rip=")
             line = head + "rip=" + re.sub(r"0x[0-9a-f]+", name, tail, count=8)

@@ -114,6 +114,9 @@ pub struct VcpuState {
     rip_wanted: AtomicBool,
     /// The guest RIP last sampled, and how many samples were taken so far.
     guest_rip: AtomicU64,
+    /// The guest's IDT base at that sample: a kernel symbol (`idt_table`), so with it a
+    /// randomized (KASLR) kernel's RIPs can still be named (perf/symbolize.py).
+    guest_idt: AtomicU64,
     rip_samples: AtomicU64,
 }
 
@@ -138,8 +141,9 @@ impl VcpuState {
     }
 
     /// The vCPU thread answers [`VcpuState::rip_wanted`].
-    pub fn store_rip(&self, rip: u64) {
+    pub fn store_rip(&self, rip: u64, idt_base: u64) {
         self.guest_rip.store(rip, Ordering::Relaxed);
+        self.guest_idt.store(idt_base, Ordering::Relaxed);
         self.rip_wanted.store(false, Ordering::Relaxed);
         self.rip_samples.fetch_add(1, Ordering::Release);
     }
@@ -266,7 +270,8 @@ impl ThreadStates {
             let sampled = match rips.get(index) {
                 Some(rips) if !rips.is_empty() => {
                     let list: Vec<String> = rips.iter().map(|r| format!("{r:#x}")).collect();
-                    format!("; guest rip={}", list.join(","))
+                    let idt = vcpu.guest_idt.load(Ordering::Relaxed);
+                    format!("; guest rip={} idt={idt:#x}", list.join(","))
                 }
                 _ => String::new(),
             };
@@ -489,7 +494,7 @@ mod tests {
         let kick = || {
             kicks_seen.set(kicks_seen.get() + 1);
             if states.vcpus[0].rip_wanted() {
-                states.vcpus[0].store_rip(0x1000 + kicks_seen.get());
+                states.vcpus[0].store_rip(0x1000 + kicks_seen.get(), 0);
             }
         };
         let rips = sample_guest_rips(&states, &kick, 3, Duration::ZERO);
@@ -518,7 +523,8 @@ mod tests {
         assert!(states.progress() > before, "a wake-up is progress");
         let report = states.report("test", 5, &[vec![0xffff_ffff_8100_0000, 0x10], vec![]]);
         assert!(
-            report.contains("0 answered itself; guest rip=0xffffffff81000000,0x10\n  vcpu1"),
+            report
+                .contains("0 answered itself; guest rip=0xffffffff81000000,0x10 idt=0x0\n  vcpu1"),
             "{report}"
         );
         assert!(report.contains("5 vCPU message(s) queued"), "{report}");

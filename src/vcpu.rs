@@ -287,7 +287,8 @@ fn run_vcpu(
         }
         if state.rip_wanted() {
             // A thread report asked where the guest is (it kicked us out of KVM_RUN for it).
-            state.store_rip(vcpu.get_regs().map_or(0, |r| r.rip));
+            let rip = vcpu.get_regs().map_or(0, |r| r.rip);
+            state.store_rip(rip, vcpu.get_sregs().map_or(0, |s| s.idt.base));
         }
         state.set(VcpuPhase::InGuest);
         let delivered = match vcpu.run() {

@@ -305,6 +305,6 @@ fn a_stuck_guest_gets_thread_reports_from_the_watchdog_and_on_sigusr1() {
     );
     assert!(seen.contains("in epoll_wait"), "idle loop:\n{seen}");
     // The report kicks the vCPU out of the guest to sample where it spins: the jmp at the entry.
-    let rip = format!("guest rip={GUEST_LOAD_ADDR:#x},{GUEST_LOAD_ADDR:#x}");
+    let rip = format!("guest rip={GUEST_LOAD_ADDR:#x},{GUEST_LOAD_ADDR:#x},");
     assert!(seen.contains(&rip), "no {rip} in:\n{seen}");
 }
