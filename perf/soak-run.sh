@@ -19,6 +19,10 @@ K=$P/kernels
 STUCK_S=${STUCK_S:-60}
 mount -t debugfs none /sys/kernel/debug 2>/dev/null || true
 cp "$P/rootfs.ext4" "$TMPD/soak.ext4"
+# Where the bed's own KVM enters its guests (kvm_amd's VMRUN): perf/symbolize.py names a guest
+# RIP that is really this host address (a hang seen in the bed: the guest resumed there).
+grep -E ' (__svm_vcpu_run|__svm_sev_es_vcpu_run|svm_vcpu_run|vmx_vmexit|__vmx_vcpu_run)([[:space:]]|$)' /proc/kallsyms \
+  | sed 's/^/SOAK-HOST-SYMBOL /'
 
 dump_threads() {
   for _t in /proc/$1/task/*; do

@@ -91,7 +91,7 @@ if command -v kallsyms-finder >/dev/null; then
 else
   echo "soak: no kallsyms-finder (pip install vmlinux-to-elf): stock-kernel RIPs stay unnamed" >&2
 fi
-grep -E '^(SOAK-HANG|SOAK-REPORT|SOAK-TASK|SOAK-STACK|SOAK-KVM|SOAK-AGAIN|SOAK-FAIL|SOAK-OUT|SOAK-BED|FC-|NESTED-)' "$work/out.txt" \
+grep -E '^(SOAK-HOST-SYMBOL|SOAK-HANG|SOAK-REPORT|SOAK-TASK|SOAK-STACK|SOAK-KVM|SOAK-AGAIN|SOAK-FAIL|SOAK-OUT|SOAK-BED|FC-|NESTED-)' "$work/out.txt" \
   | python3 "$repo/perf/symbolize.py" "${maps[@]}" || true
 echo
 echo "| build | boots | passed | failed | hung | bed ended during it |"

@@ -4,6 +4,8 @@ address followed by (symbol+offset) from a System.map (a vmlinux also works: its
 read). With several NAME=MAP arguments, a line containing `kernel=NAME` (perf/soak.sh's hang
 lines) selects the map for the lines after it; the first is the default. A line's `idt=0x..`
 (the guest's IDT base, i.e. its `idt_table`) gives a randomized (KASLR) kernel's offset.
+`SOAK-HOST-SYMBOL ADDR TYPE NAME [MODULE]` lines (the nested bed's own kernel, from
+perf/soak-run.sh) name RIPs no guest map covers: a guest found running at its host's address.
 
 usage: perf/symbolize.py [NAME=]MAP_OR_VMLINUX... < report.txt
 """
@@ -38,15 +40,25 @@ def main():
 
     offset = 0
 
+    host = []  # (address, name) of the bed's own kernel
+
     def name(match):
         addr = int(match.group(0), 16) - offset
         i = bisect.bisect_right(current, (addr, "\uffff")) - 1
         if i >= 0 and addr - current[i][0] < 0x10000 and i + 1 < len(current):
             start, sym = current[i]
             return f"{match.group(0)}({sym}+{addr - start:#x})"
+        raw = int(match.group(0), 16)
+        below = [(a, n) for a, n in host if 0 <= raw - a < 0x1000]
+        if below:
+            start, sym = max(below)
+            return f"{match.group(0)}(NOT GUEST CODE: the bed host's {sym}+{raw - start:#x})"
         return match.group(0)
 
     for line in sys.stdin:
+        if line.startswith("SOAK-HOST-SYMBOL "):
+            parts = line.split()
+            host.append((int(parts[1], 16), " ".join(parts[3:])))
         chosen = re.search(r"kernel=(\S+)", line)
         if chosen and chosen.group(1) in maps:
             current, idt_table = maps[chosen.group(1)]
