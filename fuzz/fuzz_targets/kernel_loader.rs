@@ -37,7 +37,7 @@ fuzz_target!(|data: &[u8]| {
     let mut kernel = memfd(data);
     let mut initrd = memfd(&[0x5a; 4096]);
     let with_initrd = data.len() % 2 == 0;
-    let cpus = data.len() as u8 % 4 + 1;
+    let cpus = boot::VcpuCount::new(data.len() as u64 % 4 + 1).expect("1 to 4 vCPUs are valid");
     let _ = boot::load_linux(
         guest_memory(),
         &mut kernel,
