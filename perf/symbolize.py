@@ -6,6 +6,8 @@ lines) selects the map for the lines after it; the first is the default. A line'
 (the guest's IDT base, i.e. its `idt_table`) gives a randomized (KASLR) kernel's offset.
 `SOAK-HOST-SYMBOL ADDR TYPE NAME [MODULE]` lines (the nested bed's own kernel, from
 perf/soak-run.sh) name RIPs no guest map covers: a guest found running at its host's address.
+A soak hang with such a RIP has its `SOAK-BOOT ... result=hung` line rewritten to
+`result=hung-bed-rip`, so that perf/soak.sh counts it apart.
 
 usage: perf/symbolize.py [NAME=]MAP_OR_VMLINUX... < report.txt
 """
@@ -41,24 +43,32 @@ def main():
     offset = 0
 
     host = []  # (address, name) of the bed's own kernel
+    at_host_rip = False  # the current hang's report has a vCPU at a host address
 
     def name(match):
+        nonlocal at_host_rip
         addr = int(match.group(0), 16) - offset
         i = bisect.bisect_right(current, (addr, "\uffff")) - 1
         if i >= 0 and addr - current[i][0] < 0x10000 and i + 1 < len(current):
             start, sym = current[i]
             return f"{match.group(0)}({sym}+{addr - start:#x})"
         raw = int(match.group(0), 16)
-        below = [(a, n) for a, n in host if 0 <= raw - a < 0x1000]
+        below = [h for h in host if 0 <= raw - h[0] < 0x1000]
         if below:
-            start, sym = max(below)
-            return f"{match.group(0)}(NOT GUEST CODE: the bed host's {sym}+{raw - start:#x})"
+            start, sym, module = max(below)
+            at_host_rip = True
+            return f"{match.group(0)}(NOT GUEST CODE: the bed host's {sym}+{raw - start:#x} {module})"
         return match.group(0)
 
     for line in sys.stdin:
+        if line.startswith("SOAK-HANG "):
+            at_host_rip = False
+        if line.startswith("SOAK-BOOT ") and " result=hung " in line and at_host_rip:
+            line = line.replace(" result=hung ", " result=hung-bed-rip ")
+            at_host_rip = False
         if line.startswith("SOAK-HOST-SYMBOL "):
             parts = line.split()
-            host.append((int(parts[1], 16), " ".join(parts[3:])))
+            host.append((int(parts[1], 16), parts[3], " ".join(parts[4:])))
         chosen = re.search(r"kernel=(\S+)", line)
         if chosen and chosen.group(1) in maps:
             current, idt_table = maps[chosen.group(1)]
