@@ -378,8 +378,10 @@ fn run_vcpu(
     }
 }
 
-/// A shutdown exit is a triple fault (or a reset KVM turned into one): say where the guest was,
-/// once, since the VM ends with it. A guest that means to reboot through the i8042 never gets here.
+/// A shutdown exit is a triple fault (or a reset KVM turned into one): log the vCPU's state and
+/// its last exception, once, since the VM ends with it. KVM on AMD has already put the vCPU
+/// back into its INIT state by then (rip 0xfff0), so there the exception is what tells.
+/// A guest that means to reboot through the i8042 never gets here.
 fn log_shutdown_state(index: usize, vcpu: &VcpuFd) {
     let (Ok(regs), Ok(sregs)) = (vcpu.get_regs(), vcpu.get_sregs()) else {
         log::info!("vcpu{index}: shutdown exit (triple fault); registers unreadable");
@@ -395,7 +397,7 @@ fn log_shutdown_state(index: usize, vcpu: &VcpuFd) {
         )
     });
     log::info!(
-        "vcpu{index}: shutdown exit (triple fault) at rip={:#x} rsp={:#x} cs={:#x} cr0={:#x} cr2={:#x} cr3={:#x} cr4={:#x} efer={:#x} rflags={:#x} exception: {pending}",
+        "vcpu{index}: shutdown exit (triple fault); registers after it: rip={:#x} rsp={:#x} cs={:#x} cr0={:#x} cr2={:#x} cr3={:#x} cr4={:#x} efer={:#x} rflags={:#x}; last exception: {pending}",
         regs.rip,
         regs.rsp,
         sregs.cs.selector,

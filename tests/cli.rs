@@ -308,3 +308,37 @@ fn a_stuck_guest_gets_thread_reports_from_the_watchdog_and_on_sigusr1() {
     let rip = format!("guest rip={GUEST_LOAD_ADDR:#x},{GUEST_LOAD_ADDR:#x},");
     assert!(seen.contains(&rip), "no {rip} in:\n{seen}");
 }
+
+#[test]
+fn a_triple_fault_is_logged_with_the_last_exception() {
+    if !kvm_available("a_triple_fault_is_logged_with_the_last_exception") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // An empty IDT makes the first exception (ud2's #UD) a triple fault.
+    let code = assemble(|a| {
+        let idt = a.create_label();
+        a.lidt(iced_x86::code_asm::ptr(idt))?;
+        a.ud2()?;
+        a.set_label(&mut { idt })?;
+        a.dw(&[0])?;
+        a.dq(&[0])
+    });
+    let kernel = tiny_elf_kernel(dir.path(), &code);
+    let out = volt()
+        .arg("--kernel")
+        .arg(&kernel)
+        .args(["--log-level", "info"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "a triple fault is a clean end:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("vcpu0: shutdown exit (triple fault); registers after it: rip=")
+            && stderr.contains("; last exception: injected="),
+        "{stderr}"
+    );
+}
