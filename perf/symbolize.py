@@ -3,7 +3,9 @@
 address followed by (symbol+offset) from a System.map (a vmlinux also works: its `nm` output is
 read). With several NAME=MAP arguments, a line containing `kernel=NAME` (perf/soak.sh's hang
 lines) selects the map for the lines after it; the first is the default. A line's `idt=0x..`
-(the guest's IDT base, i.e. its `idt_table`) gives a randomized (KASLR) kernel's offset.
+(the guest's IDT base) gives a randomized (KASLR) kernel's offset while the IDT is still
+`idt_table`, early in boot; later the kernel moves it to the cpu_entry_area, and a KASLR
+kernel's RIPs then need `nokaslr` (perf/soak.sh --append nokaslr) to be named.
 `SOAK-HOST-SYMBOL ADDR TYPE NAME [MODULE]` lines (the nested bed's own kernel, from
 perf/soak-run.sh) name RIPs no guest map covers: a guest found running at its host's address.
 A soak hang with such a RIP has its `SOAK-BOOT ... result=hung` line rewritten to
@@ -74,8 +76,13 @@ def main():
             current, idt_table = maps[chosen.group(1)]
         offset = 0
         idt = re.search(r"idt=(0x[0-9a-f]+)", line)
-        if idt and idt_table and int(idt.group(1), 16) != 0:
-            offset = int(idt.group(1), 16) - idt_table
+        if idt and idt_table:
+            # Only while the IDT is still idt_table itself: a running kernel moves it to the
+            # cpu_entry_area (0xfffffe0000000000), which says nothing of the offset. A KASLR
+            # offset is a multiple of 2 MiB below 1 GiB.
+            moved = int(idt.group(1), 16) - idt_table
+            if 0 < moved < 1 << 30 and moved % (2 << 20) == 0:
+                offset = moved
         if "rip=" in line:
             head, _, tail = line.partition("rip=")
             line = head + "rip=" + re.sub(r"0x[0-9a-f]+", name, tail, count=8)
