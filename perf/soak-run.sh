@@ -31,8 +31,8 @@ dump_threads() {
   done
   # Every KVM counter of the VM (exits, halts, page faults, emulated instructions, ...): printed
   # twice, 3 s apart, by the caller. (No tracepoints: the outer kernel went down twice while they
-  # were on, and later once without them, the same way, so they were not the cause; the counters
-  # and Volt's RIP samples tell enough and cost the bed nothing.)
+  # were on, and twice later without them, so they were not the cause; the counters and Volt's
+  # RIP samples tell enough and cost the bed nothing.)
   for _d in /sys/kernel/debug/kvm/$1-*; do
     [ -d "$_d" ] || continue
     printf 'SOAK-KVM'

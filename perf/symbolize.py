@@ -44,7 +44,7 @@ def main():
 
     offset = 0
 
-    host = []  # (address, name) of the bed's own kernel
+    host = []  # (address, name, module) of the bed's own kernel
     at_host_rip = False  # the current hang's report has a vCPU at a host address
 
     def name(match):

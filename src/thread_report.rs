@@ -112,11 +112,12 @@ pub struct VcpuState {
     /// Set by the reporter: the thread stores the guest's RIP at its next pass between two
     /// `KVM_RUN`s (the reporter kicks it out of the guest to get there).
     rip_wanted: AtomicBool,
-    /// The guest RIP last sampled, and how many samples were taken so far.
+    /// The guest RIP last sampled.
     guest_rip: AtomicU64,
-    /// The guest's IDT base at that sample: a kernel symbol (`idt_table`), so with it a
-    /// randomized (KASLR) kernel's RIPs can still be named (perf/symbolize.py).
+    /// The guest's IDT base at that sample. Early in boot it is Linux's `idt_table`, which
+    /// gives a randomized (KASLR) kernel's offset (perf/symbolize.py).
     guest_idt: AtomicU64,
+    /// Samples taken so far: the reporter waits for this to move.
     rip_samples: AtomicU64,
 }
 
@@ -415,6 +416,10 @@ pub fn wait_reporting(
     kick: &dyn Fn(),
 ) {
     let tick = watchdog.map_or(-1, |w| w.as_millis().clamp(100, 1000) as i32);
+    let print_report = |reason: &str| {
+        let rips = sample_guest_rips(states, kick, 4, Duration::from_millis(20));
+        eprint!("{}", states.report(reason, channel.len(), &rips));
+    };
     let mut last_progress = (states.progress(), Instant::now());
     let mut reported_stall = false;
     loop {
@@ -444,8 +449,7 @@ pub fn wait_reporting(
             return;
         }
         if fds[1].revents != 0 && signal.take() {
-            let rips = sample_guest_rips(states, kick, 4, Duration::from_millis(20));
-            eprint!("{}", states.report("SIGUSR1", channel.len(), &rips));
+            print_report("SIGUSR1");
         }
         if let Some(limit) = watchdog {
             let now = states.progress();
@@ -455,8 +459,7 @@ pub fn wait_reporting(
             } else if !reported_stall && last_progress.1.elapsed() >= limit {
                 reported_stall = true;
                 let reason = format!("watchdog: no progress for {} s", limit.as_secs());
-                let rips = sample_guest_rips(states, kick, 4, Duration::from_millis(20));
-                eprint!("{}", states.report(&reason, channel.len(), &rips));
+                print_report(&reason);
             }
         }
     }
