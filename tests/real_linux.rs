@@ -6,6 +6,12 @@
 //! Ignored by default (slow: ~2 min on 2 cores after the one-off guest kernel build); run with
 //! `cargo test --test real_linux -- --ignored`.
 //!
+//! The nested bed's outer guest can wedge on its own; run-e2e.sh then resumes after the groups of
+//! boots that had finished. A run that still stops early (too many wedges, the bed's timeout, a
+//! payload that failed) is one failure, of `every_boot_of_the_e2e_ran_to_its_end`, naming the
+//! case it stopped in; the tests of boots that never ran print `SKIP:` and those that ran are
+//! checked as usual.
+//!
 //! Environment: `VOLT_E2E_VMM=qemu` runs the same boots under QEMU microvm (to check the harness
 //! itself); `VOLT_E2E_BIN=PATH` boots that volt binary instead of this build's;
 //! `VOLT_E2E_MODE=direct|nested` overrides the automatic choice; `VOLT_E2E_LOG=PATH` saves the
@@ -87,13 +93,55 @@ fn parse_cases(output: &str) -> HashMap<String, BootCase> {
 
 enum E2eRun {
     Skipped(String),
-    /// The harness itself failed; stored so that every test reports it without re-running.
-    Failed(String),
     Ran {
         vmm: String,
         output: String,
         cases: HashMap<String, BootCase>,
+        /// Why the run stopped before its end (the bed timed out or kept wedging, or the payload
+        /// failed): the boots it did not reach are skipped by their tests and reported once, by
+        /// `every_boot_of_the_e2e_ran_to_its_end`.
+        unfinished: Option<String>,
     },
+}
+
+/// The last `n` lines of `text`.
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Why a run's output shows it did not finish, or None if it did.
+fn unfinished_reason(output: &str, success: bool) -> Option<String> {
+    let last_case = output
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("VOLT-CASE-BEGIN "))
+        .unwrap_or("(none started)");
+    let wedges: Vec<&str> = output
+        .lines()
+        .filter(|l| l.starts_with("NESTED-WEDGED "))
+        .collect();
+    if let Some(line) = output.lines().find(|l| l.starts_with("NESTED-TIMEOUT")) {
+        return Some(format!(
+            "the nested bed timed out ({line}) in case {last_case}: the bed, not a test, failed\n{}",
+            tail(output, 40)
+        ));
+    }
+    if let Some(line) = wedges.iter().find(|l| l.ends_with("(no retries left)")) {
+        let times = line.split_whitespace().nth(1).unwrap_or("?");
+        return Some(format!(
+            "the nested bed's outer guest wedged {times} times, the last in case {last_case}: \
+             the bed, not a test, failed\n{}\n{}",
+            wedges.join("\n"),
+            tail(output, 40)
+        ));
+    }
+    if !success || !output.contains("E2E-DONE") {
+        return Some(format!(
+            "run-e2e.sh failed or did not finish (last case {last_case}):\n{output}"
+        ));
+    }
+    None
 }
 
 fn repo_root() -> PathBuf {
@@ -144,52 +192,40 @@ fn e2e() -> &'static E2eRun {
         if let Ok(path) = std::env::var("VOLT_E2E_LOG") {
             let _ = std::fs::write(path, &stdout);
         }
-        if let Some(line) = stdout.lines().find(|l| l.starts_with("NESTED-TIMEOUT")) {
-            let last_case = stdout
-                .lines()
-                .rev()
-                .find_map(|l| l.strip_prefix("VOLT-CASE-BEGIN "))
-                .unwrap_or("(none started)");
-            return E2eRun::Failed(format!(
-                "the nested bed timed out ({line}) in case {last_case}: the bed, not a test, \
-                 failed\n{}",
-                stdout
-                    .lines()
-                    .rev()
-                    .take(40)
-                    .collect::<Vec<_>>()
-                    .into_iter()
-                    .rev()
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            ));
-        }
-        if !success || !stdout.contains("E2E-DONE") {
-            return E2eRun::Failed(format!("run-e2e.sh failed or did not finish:\n{stdout}"));
-        }
-        let cases = parse_cases(&stdout);
         E2eRun::Ran {
             vmm,
+            cases: parse_cases(&stdout),
+            unfinished: unfinished_reason(&stdout, success),
             output: stdout,
-            cases,
         }
     })
 }
 
-/// The named boot, or None (after printing SKIP:) when no real KVM is available.
+/// The named boot, or None (after printing SKIP:) when no real KVM is available or the run
+/// stopped before this boot (`every_boot_of_the_e2e_ran_to_its_end` then fails with the reason).
 fn boot(name: &str) -> Option<&'static BootCase> {
     match e2e() {
         E2eRun::Skipped(reason) => {
             eprintln!("{reason}");
             None
         }
-        E2eRun::Failed(report) => panic!("{report}"),
-        E2eRun::Ran { vmm, output, cases } => {
-            let case = cases
-                .get(name)
-                .unwrap_or_else(|| panic!("{vmm}: no boot named {name} in the output:\n{output}"));
-            Some(case)
-        }
+        E2eRun::Ran {
+            vmm,
+            output,
+            cases,
+            unfinished,
+        } => match (cases.get(name), unfinished) {
+            (Some(case), _) => Some(case),
+            (None, Some(why)) => {
+                let first = why.lines().next().unwrap_or_default();
+                eprintln!(
+                    "SKIP: {name} did not run: {first} \
+                     (every_boot_of_the_e2e_ran_to_its_end fails with the details)"
+                );
+                None
+            }
+            (None, None) => panic!("{vmm}: no boot named {name} in the output:\n{output}"),
+        },
     }
 }
 
@@ -521,6 +557,206 @@ fn vsock_carries_data_both_ways_between_a_host_agent_and_the_guest() {
     }
     assert_serial_contains(name, case, "VOLT-VSOCK-SERVED 5");
     assert_exited_cleanly(name, case);
+}
+
+/// The boots e2e-run.sh makes, by VMM.
+fn expected_boots(vmm: &str) -> Vec<&'static str> {
+    let mut boots = Vec::new();
+    if vmm == "volt" {
+        boots.extend([
+            "debian-acpi-cpus1",
+            "debian-acpi-cpus2",
+            "debian-acpi-cpus4",
+            "debian-cloud-acpi-cpus4",
+        ]);
+    }
+    boots.extend([
+        "stock-mptable-cpus4",
+        "rootfs-cpus1",
+        "rootfs-cpus2",
+        "rootfs-cpus4-net",
+    ]);
+    if vmm == "volt" {
+        boots.extend(["snapshot-take", "snapshot-restore", "snapshot-readback"]);
+    }
+    boots
+}
+
+#[test]
+#[ignore = "boots real Linux on a real KVM (nested); run with --ignored"]
+fn every_boot_of_the_e2e_ran_to_its_end() {
+    let (vmm, output, cases, unfinished) = match e2e() {
+        E2eRun::Skipped(reason) => {
+            eprintln!("{reason}");
+            return;
+        }
+        E2eRun::Ran {
+            vmm,
+            output,
+            cases,
+            unfinished,
+        } => (vmm, output, cases, unfinished),
+    };
+    // Wedges the run resumed from are the bed's; they are listed, not failed.
+    for line in output.lines().filter(|l| l.starts_with("NESTED-WEDGED ")) {
+        eprintln!("{line}");
+    }
+    if let Some(why) = unfinished {
+        panic!("{why}");
+    }
+    let missing: Vec<_> = expected_boots(vmm)
+        .into_iter()
+        .filter(|b| !cases.contains_key(*b))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{vmm}: boots missing from the output: {missing:?}\n{output}"
+    );
+}
+
+#[test]
+fn a_run_that_stopped_early_names_the_bed_and_the_case_it_was_in() {
+    let wedged = "E2E-MODE nested\nVOLT-CASE-BEGIN a\nVOLT-CASE-END a status=0\nE2E-GROUP-DONE a\n\
+                  NESTED-WEDGED 1 no heartbeat (in case b; groups done: a)\n\
+                  VOLT-CASE-BEGIN b\nNESTED-WEDGED 2 no heartbeat (no retries left)\n";
+    let why = unfinished_reason(wedged, false).expect("a wedged run did not finish");
+    assert!(
+        why.starts_with("the nested bed's outer guest wedged 2 times, the last in case b:"),
+        "{why}"
+    );
+    let timed_out = "VOLT-CASE-BEGIN c\nserial\nNESTED-TIMEOUT 1200\n";
+    let why = unfinished_reason(timed_out, false).expect("a timed-out run did not finish");
+    assert!(
+        why.starts_with("the nested bed timed out (NESTED-TIMEOUT 1200) in case c"),
+        "{why}"
+    );
+    let no_done = "VOLT-CASE-BEGIN d\nVOLT-CASE-END d status=0\nNESTED-EXIT 0\n";
+    let why = unfinished_reason(no_done, true).expect("no E2E-DONE: not finished");
+    assert!(
+        why.starts_with("run-e2e.sh failed or did not finish (last case d)"),
+        "{why}"
+    );
+    // Resumed after a wedge and finished: done, and the cases of both attempts are there.
+    let resumed = "VOLT-CASE-BEGIN a\nVOLT-CASE-END a status=0\nE2E-GROUP-DONE a\n\
+                   NESTED-WEDGED 1 no heartbeat (in case b; groups done: a)\nE2E-GROUP-SKIPPED a\n\
+                   VOLT-CASE-BEGIN b\nVOLT-CASE-END b status=0\nE2E-GROUP-DONE b\nE2E-DONE\n\
+                   NESTED-EXIT 0\n";
+    assert_eq!(unfinished_reason(resumed, true), None);
+    let cases = parse_cases(resumed);
+    assert!(cases.contains_key("a") && cases.contains_key("b"));
+}
+
+/// Runs tests/nested/common.sh's `run_payload_resuming` on a fake bed: its run.sh runs the
+/// payload here and "wedges" (stops it and prints run.sh's wedge line) at the attempt:case pairs in
+/// `wedges`. The payload is three groups made with the real lib.sh `run_group`; the middle one is
+/// a chain of two boots. Returns the output, the exit status and how often each case started.
+fn run_on_fake_bed(wedges: &str) -> (String, Option<i32>, HashMap<String, usize>) {
+    let dir = tempfile::tempdir().unwrap();
+    let bed = dir.path().join("shared/nested-kvm");
+    std::fs::create_dir_all(&bed).unwrap();
+    std::fs::write(
+        bed.join("run.sh"),
+        r#"#!/bin/bash
+# fake nested-kvm/run.sh: the payload runs here; exit 99 from it stands for a wedged outer guest
+n=$(( $(cat "$1/../attempt" 2>/dev/null || echo 0) + 1 )); echo $n > "$1/../attempt"
+rc=0; out=$(cd "$1" && FAKE_ATTEMPT=$n sh ./run) || rc=$?
+echo "$out"
+[ "$rc" = 99 ] && { echo "NESTED-WEDGED 1 fake wedge (no retries left)"; exit 125; }
+echo "NESTED-EXIT $rc"; exit $rc
+"#,
+    )
+    .unwrap();
+    let payload = dir.path().join("p");
+    std::fs::create_dir_all(&payload).unwrap();
+    std::fs::copy(
+        repo_root().join("tests/nested/lib.sh"),
+        payload.join("lib.sh"),
+    )
+    .unwrap();
+    std::fs::write(
+        payload.join("run"),
+        r#". ./lib.sh
+one() {
+  echo "$1" >> "$P/../started"
+  echo "VOLT-CASE-BEGIN $1"
+  case " $FAKE_WEDGES " in *" $FAKE_ATTEMPT:$1 "*) exit 99 ;; esac
+  echo "VOLT-INIT-READY cpus=1"; echo "VOLT-CASE-STDERR"; echo "VOLT-CASE-END $1 status=0"
+}
+chain() { one b; one c; }
+run_group first one a
+run_group chain chain
+run_group last one d
+echo "E2E-DONE"
+"#,
+    )
+    .unwrap();
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(r#"set -euo pipefail; . "$0/tests/nested/common.sh"; run_payload_resuming "$1" volt"#)
+        .arg(repo_root())
+        .arg(&payload)
+        .env("VOLT_SHARED_DIR", dir.path().join("shared"))
+        .env("FAKE_WEDGES", wedges)
+        .output()
+        .unwrap();
+    let mut started = HashMap::new();
+    let list = std::fs::read_to_string(dir.path().join("started")).unwrap_or_default();
+    for case in list.lines() {
+        *started.entry(case.to_string()).or_insert(0) += 1;
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    (stdout, out.status.code(), started)
+}
+
+#[test]
+fn a_wedged_bed_resumes_after_the_groups_that_finished() {
+    // Wedged in the chain's second boot, then at the last group's boot.
+    let (out, status, started) = run_on_fake_bed("1:c 2:d");
+    assert_eq!(status, Some(0), "{out}");
+    assert_eq!(unfinished_reason(&out, true), None, "{out}");
+    // The finished group ran once, the chain from its start again, each boot reported once.
+    let starts = |c: &str| started.get(c).copied().unwrap_or(0);
+    assert_eq!(
+        (starts("a"), starts("b"), starts("c"), starts("d")),
+        (1, 2, 2, 2),
+        "{out}"
+    );
+    let cases = parse_cases(&out);
+    for c in ["a", "b", "c", "d"] {
+        assert_eq!(cases[c].init_cpus(), Some(1), "{c}: {out}");
+        assert_eq!(
+            out.matches(&format!("VOLT-CASE-BEGIN {c}\n")).count(),
+            1,
+            "{out}"
+        );
+    }
+    let wedged: Vec<_> = out
+        .lines()
+        .filter(|l| l.starts_with("NESTED-WEDGED"))
+        .collect();
+    assert_eq!(
+        wedged,
+        [
+            "NESTED-WEDGED 1 fake wedge (in case c; groups done: first)",
+            "NESTED-WEDGED 2 fake wedge (in case d; groups done: first chain)",
+        ],
+        "{out}"
+    );
+}
+
+#[test]
+fn a_bed_that_keeps_wedging_in_one_group_gives_up_and_says_where() {
+    let (out, status, started) = run_on_fake_bed("1:d 2:d 3:d 4:d 5:d");
+    assert_eq!(status, Some(125), "{out}");
+    assert_eq!(started.get("d"), Some(&4), "{out}");
+    let why = unfinished_reason(&out, false).expect("gave up: not finished");
+    assert!(
+        why.starts_with("the nested bed's outer guest wedged 4 times, the last in case d:"),
+        "{why}"
+    );
+    // What finished before is still there for the other tests.
+    let cases = parse_cases(&out);
+    assert!(cases.contains_key("a") && cases.contains_key("c") && !cases.contains_key("d"));
 }
 
 #[test]

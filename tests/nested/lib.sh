@@ -122,6 +122,17 @@ boot_case() {
   echo "VOLT-CASE-END $_name status=$_status seconds=$(( $(date +%s) - _t0 ))"
 }
 
+# run_group NAME COMMAND...: one group of boots that needs nothing from the boots before it
+# (e.g. a chain that shares a disk is one group). Skipped when E2E_SKIP_GROUPS (env.sh) names it:
+# run-e2e.sh resumes a payload whose outer guest wedged after the groups that had finished. Prints
+# `E2E-GROUP-DONE NAME` once COMMAND returned.
+run_group() {
+  _group=$1; shift
+  case " ${E2E_SKIP_GROUPS:-} " in *" $_group "*) echo "E2E-GROUP-SKIPPED $_group"; return 0 ;; esac
+  "$@"
+  echo "E2E-GROUP-DONE $_group"
+}
+
 # --- virtio-rng / virtio-balloon (issue 10) ---
 # Extra VMM flags for a case that runs volt.run=balloon (set them, boot_case, then clear them).
 BALLOON_VOLT_ARGS="--balloon"
