@@ -16,8 +16,10 @@
 # through ACPI's DSDT), prints `VOLT-INIT-READY cpus=N`, mounts root= (default /dev/vda, ext4)
 # and switches to its /sbin/init; if that fails it starts a shell on the console.
 # With `volt.check` on the kernel command line it runs the end-to-end checks instead
-# (tests/nested/e2e-run.sh): it prints the virtio-mmio devices bound through ACPI, the first
-# line of /dev/vda, whether eth0 exists, then powers off (`poweroff -f`, ACPI S5).
+# (tests/nested/e2e-run.sh): it prints the kernel's ACPI, CPU and virtio lines from dmesg (so the
+# kernel can boot `quiet`), the virtio-mmio devices bound through ACPI, the first line of /dev/vda
+# (dmesg's tail if there is no /dev/vda), whether eth0 exists, then powers off (`poweroff -f`,
+# ACPI S5).
 set -euo pipefail
 dir=${1:?usage: build-initramfs.sh KERNEL_DIR OUT.cpio.gz}
 out=${2:?usage: build-initramfs.sh KERNEL_DIR OUT.cpio.gz}
@@ -64,8 +66,14 @@ for i in 1 2 3 4 5 6 7 8 9 10; do [ -b "$root" ] && break; sleep 0.5; done
 
 case $cmdline in
   *" volt.check "*)
+    # The kernel's lines about its tables, CPUs and devices (the test boots it with `quiet`).
+    dmesg | grep -E 'ACPI: (RSDP|XSDT|FACP|DSDT|APIC)|Using ACPI|MultiProcessor|MPTABLE|smpboot: (Allowing|Total)|Brought up|virtio'
     echo "VOLT-VIRTIO-BOUND $(ls /sys/bus/platform/drivers/virtio-mmio 2>/dev/null | grep : | tr '\n' ' ')"
-    [ -b /dev/vda ] && echo "VOLT-DISK-READ $(head -n 1 /dev/vda)"
+    if [ -b /dev/vda ]; then
+      echo "VOLT-DISK-READ $(head -n 1 /dev/vda)"
+    else
+      dmesg | tail -n 60 # why: the kernel's last words
+    fi
     [ -e /sys/class/net/eth0 ] && echo "VOLT-NIC eth0 $(cat /sys/class/net/eth0/address)"
     echo "VOLT-INIT-DONE"
     poweroff -f ;;

@@ -9,7 +9,7 @@ snapshot_cases() {
   _disk=$TMPD/snap.ext4 _dir=$TMPD/snaps _k=$P/kernels/vmlinux
   cp "$P/rootfs.ext4" "$_disk"
   rm -rf "$_dir"; mkdir -p "$_dir"; rm -f "$TMPD/snap-a.sock" "$TMPD/snap-b.sock"
-  _cmd="$BASE_CMDLINE reboot=k volt.ip=10.0.2.15/24 volt.run=snapwork"
+  _cmd="$BASE_CMDLINE reboot=k quiet volt.ip=10.0.2.15/24 volt.run=snapwork"
 
   echo "VOLT-CASE-BEGIN snapshot-take"
   : > "$TMPD/case.out"; : > "$TMPD/case.err"; : > "$TMPD/case.host"
@@ -53,5 +53,5 @@ snapshot_cases() {
   cat "$TMPD/case.out"; echo; echo "VOLT-CASE-STDERR"; cat "$TMPD/case.err" "$TMPD/case.host"
   echo "VOLT-CASE-END snapshot-restore status=$_status seconds=$(( $(date +%s) - _t0 ))"
 
-  boot_case "snapshot-readback" volt 1 "$_k" "$_disk" "" "volt.run=snapread"
+  boot_case "snapshot-readback" volt 1 "$_k" "$_disk" "" "quiet volt.run=snapread"
 }
