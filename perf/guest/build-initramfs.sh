@@ -37,7 +37,9 @@ file "$busybox" 2>/dev/null | grep -q 'dynamically linked' && { log "$busybox is
 
 tree=$(mktemp -d)
 trap 'rm -rf "$tree"' EXIT
-mkdir -p "$tree"/{bin,dev,proc,sys,newroot,lib/modules}
+mkdir -p "$tree"/{bin,dev,proc,sys,newroot,lib/modules,etc/volt}
+# The rootfs's volt.run=klog script: the kernel lines volt.check prints.
+cp "$(dirname "$0")/scripts/klog.sh" "$tree/etc/volt/"
 ln -s bin "$tree/sbin"
 cp "$busybox" "$tree/bin/busybox"
 for applet in $("$busybox" --list); do
@@ -66,8 +68,7 @@ for i in 1 2 3 4 5 6 7 8 9 10; do [ -b "$root" ] && break; sleep 0.5; done
 
 case $cmdline in
   *" volt.check "*)
-    # The kernel's lines about its tables, CPUs and devices (the test boots it with `quiet`).
-    dmesg | grep -E 'ACPI: (RSDP|XSDT|FACP|DSDT|APIC)|Using ACPI|MultiProcessor|MPTABLE|smpboot: (Allowing|Total)|Brought up|virtio'
+    sh /etc/volt/klog.sh # the kernel's lines about its tables, CPUs and devices (booted `quiet`)
     echo "VOLT-VIRTIO-BOUND $(ls /sys/bus/platform/drivers/virtio-mmio 2>/dev/null | grep : | tr '\n' ' ')"
     if [ -b /dev/vda ]; then
       echo "VOLT-DISK-READ $(head -n 1 /dev/vda)"

@@ -5,8 +5,9 @@
 # that had finished.
 # Most guests boot with `quiet` and print the kernel lines the tests check from dmesg (the
 # initramfs's volt.check, the rootfs's volt.run=klog): every console byte is two port exits, each
-# a trip through the bed's emulated SVM, and the bed's wedges and triple faults happen around
-# such exits. The stock-mptable boot keeps the whole console (it has no init to print from).
+# a trip through the bed's emulated SVM, and the bed's triple faults and hangs of the guest come
+# around such exits (perf/README.md, "Console exits and the bed"). The stock-mptable boot keeps
+# the whole console (it has no init to print from).
 . ./lib.sh
 VMM=${VMM:-volt}
 K=$P/kernels
