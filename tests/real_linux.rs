@@ -6,11 +6,11 @@
 //! Ignored by default (slow: ~2 min on 2 cores after the one-off guest kernel build); run with
 //! `cargo test --test real_linux -- --ignored`.
 //!
-//! The nested bed's outer guest can wedge on its own; run-e2e.sh then resumes after the groups of
-//! boots that had finished. A run that still stops early (too many wedges, the bed's timeout, a
-//! payload that failed) is one failure, of `every_boot_of_the_e2e_ran_to_its_end`, naming the
-//! case it stopped in; the tests of boots that never ran print `SKIP:` and those that ran are
-//! checked as usual.
+//! The nested bed's outer guest can wedge or stop on its own; run-e2e.sh then resumes after the
+//! groups of boots that had finished. A run that still stops early (too many of those, the bed's
+//! timeout, a payload that failed) is one failure, of `every_boot_of_the_e2e_ran_to_its_end`,
+//! naming the case it stopped in; the tests of boots that never ran print `SKIP:` and those that
+//! ran are checked as usual.
 //!
 //! Environment: `VOLT_E2E_VMM=qemu` runs the same boots under QEMU microvm (to check the harness
 //! itself); `VOLT_E2E_BIN=PATH` boots that volt binary instead of this build's;
@@ -117,9 +117,10 @@ fn unfinished_reason(output: &str, success: bool) -> Option<String> {
         .rev()
         .find_map(|l| l.strip_prefix("VOLT-CASE-BEGIN "))
         .unwrap_or("(none started)");
-    let wedges: Vec<&str> = output
+    // A wedged or early-ended outer guest the run resumed from, or gave up on.
+    let bed_failures: Vec<&str> = output
         .lines()
-        .filter(|l| l.starts_with("NESTED-WEDGED "))
+        .filter(|l| l.starts_with("NESTED-WEDGED ") || l.starts_with("NESTED-ENDED "))
         .collect();
     if let Some(line) = output.lines().find(|l| l.starts_with("NESTED-TIMEOUT")) {
         return Some(format!(
@@ -127,12 +128,15 @@ fn unfinished_reason(output: &str, success: bool) -> Option<String> {
             tail(output, 40)
         ));
     }
-    if let Some(line) = wedges.iter().find(|l| l.ends_with("(no retries left)")) {
+    if let Some(line) = bed_failures
+        .iter()
+        .find(|l| l.ends_with("(no retries left)"))
+    {
         let times = line.split_whitespace().nth(1).unwrap_or("?");
         return Some(format!(
-            "the nested bed's outer guest wedged {times} times, the last in case {last_case}: \
-             the bed, not a test, failed\n{}\n{}",
-            wedges.join("\n"),
+            "the nested bed's outer guest wedged or stopped {times} times, the last in case \
+             {last_case}: the bed, not a test, failed\n{}\n{}",
+            bed_failures.join("\n"),
             tail(output, 40)
         ));
     }
@@ -597,8 +601,11 @@ fn every_boot_of_the_e2e_ran_to_its_end() {
             unfinished,
         } => (vmm, output, cases, unfinished),
     };
-    // Wedges the run resumed from are the bed's; they are listed, not failed.
-    for line in output.lines().filter(|l| l.starts_with("NESTED-WEDGED ")) {
+    // Wedges and early ends the run resumed from are the bed's; they are listed, not failed.
+    for line in output
+        .lines()
+        .filter(|l| l.starts_with("NESTED-WEDGED ") || l.starts_with("NESTED-ENDED "))
+    {
         eprintln!("{line}");
     }
     if let Some(why) = unfinished {
@@ -621,7 +628,9 @@ fn a_run_that_stopped_early_names_the_bed_and_the_case_it_was_in() {
                   VOLT-CASE-BEGIN b\nNESTED-WEDGED 2 no heartbeat (no retries left)\n";
     let why = unfinished_reason(wedged, false).expect("a wedged run did not finish");
     assert!(
-        why.starts_with("the nested bed's outer guest wedged 2 times, the last in case b:"),
+        why.starts_with(
+            "the nested bed's outer guest wedged or stopped 2 times, the last in case b:"
+        ),
         "{why}"
     );
     let timed_out = "VOLT-CASE-BEGIN c\nserial\nNESTED-TIMEOUT 1200\n";
@@ -648,20 +657,23 @@ fn a_run_that_stopped_early_names_the_bed_and_the_case_it_was_in() {
 
 /// Runs tests/nested/common.sh's `run_payload_resuming` on a fake bed: its run.sh runs the
 /// payload here and "wedges" (stops it and prints run.sh's wedge line) at the attempt:case pairs in
-/// `wedges`. The payload is three groups made with the real lib.sh `run_group`; the middle one is
+/// `wedges`, or "ends" (stops it with no NESTED-EXIT, as when the outer kernel crashes) at those in
+/// `ends`. The payload is three groups made with the real lib.sh `run_group`; the middle one is
 /// a chain of two boots. Returns the output, the exit status and how often each case started.
-fn run_on_fake_bed(wedges: &str) -> (String, Option<i32>, HashMap<String, usize>) {
+fn run_on_fake_bed(wedges: &str, ends: &str) -> (String, Option<i32>, HashMap<String, usize>) {
     let dir = tempfile::tempdir().unwrap();
     let bed = dir.path().join("shared/nested-kvm");
     std::fs::create_dir_all(&bed).unwrap();
     std::fs::write(
         bed.join("run.sh"),
         r#"#!/bin/bash
-# fake nested-kvm/run.sh: the payload runs here; exit 99 from it stands for a wedged outer guest
+# fake nested-kvm/run.sh: the payload runs here; exit 99 from it stands for a wedged outer guest,
+# exit 98 for one that stopped (no NESTED-EXIT)
 n=$(( $(cat "$1/../attempt" 2>/dev/null || echo 0) + 1 )); echo $n > "$1/../attempt"
 rc=0; out=$(cd "$1" && FAKE_ATTEMPT=$n sh ./run) || rc=$?
 echo "$out"
 [ "$rc" = 99 ] && { echo "NESTED-WEDGED 1 fake wedge (no retries left)"; exit 125; }
+[ "$rc" = 98 ] && exit 0
 echo "NESTED-EXIT $rc"; exit $rc
 "#,
     )
@@ -680,6 +692,7 @@ one() {
   echo "$1" >> "$P/../started"
   echo "VOLT-CASE-BEGIN $1"
   case " $FAKE_WEDGES " in *" $FAKE_ATTEMPT:$1 "*) exit 99 ;; esac
+  case " $FAKE_ENDS " in *" $FAKE_ATTEMPT:$1 "*) exit 98 ;; esac
   echo "VOLT-INIT-READY cpus=1"; echo "VOLT-CASE-STDERR"; echo "VOLT-CASE-END $1 status=0"
 }
 chain() { one b; one c; }
@@ -697,6 +710,7 @@ echo "E2E-DONE"
         .arg(&payload)
         .env("VOLT_SHARED_DIR", dir.path().join("shared"))
         .env("FAKE_WEDGES", wedges)
+        .env("FAKE_ENDS", ends)
         .output()
         .unwrap();
     let mut started = HashMap::new();
@@ -710,8 +724,8 @@ echo "E2E-DONE"
 
 #[test]
 fn a_wedged_bed_resumes_after_the_groups_that_finished() {
-    // Wedged in the chain's second boot, then at the last group's boot.
-    let (out, status, started) = run_on_fake_bed("1:c 2:d");
+    // Wedged in the chain's second boot, then the outer guest stopped at the last group's boot.
+    let (out, status, started) = run_on_fake_bed("1:c", "2:d");
     assert_eq!(status, Some(0), "{out}");
     assert_eq!(unfinished_reason(&out, true), None, "{out}");
     // The finished group ran once, the chain from its start again, each boot reported once.
@@ -732,13 +746,14 @@ fn a_wedged_bed_resumes_after_the_groups_that_finished() {
     }
     let wedged: Vec<_> = out
         .lines()
-        .filter(|l| l.starts_with("NESTED-WEDGED"))
+        .filter(|l| l.starts_with("NESTED-WEDGED") || l.starts_with("NESTED-ENDED"))
         .collect();
     assert_eq!(
         wedged,
         [
             "NESTED-WEDGED 1 fake wedge (in case c; groups done: first)",
-            "NESTED-WEDGED 2 fake wedge (in case d; groups done: first chain)",
+            "NESTED-ENDED 2 the outer guest stopped before the payload did (status 0, no NESTED-EXIT) \
+             (in case d; groups done: first chain)",
         ],
         "{out}"
     );
@@ -746,12 +761,14 @@ fn a_wedged_bed_resumes_after_the_groups_that_finished() {
 
 #[test]
 fn a_bed_that_keeps_wedging_in_one_group_gives_up_and_says_where() {
-    let (out, status, started) = run_on_fake_bed("1:d 2:d 3:d 4:d 5:d");
+    let (out, status, started) = run_on_fake_bed("1:d 3:d 4:d 5:d", "2:d");
     assert_eq!(status, Some(125), "{out}");
     assert_eq!(started.get("d"), Some(&4), "{out}");
     let why = unfinished_reason(&out, false).expect("gave up: not finished");
     assert!(
-        why.starts_with("the nested bed's outer guest wedged 4 times, the last in case d:"),
+        why.starts_with(
+            "the nested bed's outer guest wedged or stopped 4 times, the last in case d:"
+        ),
         "{why}"
     );
     // What finished before is still there for the other tests.

@@ -43,26 +43,32 @@ run_payload() {
 }
 
 # run_payload_resuming DIR VMM: run_payload nested, for a payload made of lib.sh run_group groups.
-# The outer guest can wedge (../shared/README.md). run.sh would start the whole payload again;
-# instead each attempt runs once (NESTED_RETRIES=0, so a wedged attempt's output comes back) and
-# the next attempt skips the groups of boots (lib.sh run_group) that had finished: a wedge costs
-# the group it hit, not the run. At most E2E_MAX_WEDGES (default 8) wedges per run, and at most
-# 4 in a row in one group; then the output so far and `NESTED-WEDGED ... (no retries left)`, status
-# 125. VMM and E2E_SKIP_GROUPS go to DIR/env.sh (lib.sh reads it).
+# The bed's outer guest can wedge (../shared/README.md) or stop early (its kernel crashed: QEMU
+# exits without the payload's NESTED-EXIT). run.sh would start the whole payload again after a
+# wedge; instead each attempt runs once (NESTED_RETRIES=0, so a wedged attempt's output comes
+# back) and the next attempt skips the groups of boots (lib.sh run_group) that had finished: a
+# bed failure costs the group it hit, not the run. Each is a `NESTED-WEDGED N reason (in case C;
+# groups done: ...)` or `NESTED-ENDED N ...` line. At most E2E_MAX_BED_FAILURES (default 8) per
+# run, and at most 4 in a row in one group; then the output so far and the last such line ending
+# in `(no retries left)`, status 125. VMM and E2E_SKIP_GROUPS go to DIR/env.sh (lib.sh reads it).
 run_payload_resuming() {
-  local dir=$1 vmm=$2 max_wedges=${E2E_MAX_WEDGES:-8}
-  local done_groups= wedges=0 stuck=0 kept=$1.kept out=$1.out rc wedge last new in_case line
+  local dir=$1 vmm=$2 max=${E2E_MAX_BED_FAILURES:-8}
+  local done_groups= failures=0 stuck=0 kept=$1.kept out=$1.out rc kind why last new in_case line
   : > "$kept"
   while :; do
     { echo "VMM=$vmm"; echo "E2E_SKIP_GROUPS='$done_groups'"; } > "$dir/env.sh"
     rc=0
     NESTED_RETRIES=0 run_payload nested "$dir" > "$out" || rc=$?
-    wedge=$(sed -n 's/^NESTED-WEDGED [0-9]* \(.*\) (no retries left)$/\1/p' "$out" | tail -n 1)
-    if [ "$rc" != 125 ] || [ -z "$wedge" ]; then
+    why=$(sed -n 's/^NESTED-WEDGED [0-9]* \(.*\) (no retries left)$/\1/p' "$out" | tail -n 1)
+    if [ "$rc" = 125 ] && [ -n "$why" ]; then
+      kind=WEDGED
+    elif ! grep -qE '^NESTED-(EXIT|TIMEOUT)' "$out"; then
+      kind=ENDED why="the outer guest stopped before the payload did (status $rc, no NESTED-EXIT)"
+    else
       cat "$kept" "$out"
       return "$rc"
     fi
-    wedges=$((wedges + 1))
+    failures=$((failures + 1))
     # Keep what the finished groups printed; the group in flight runs again from its start.
     last=$(grep -n '^E2E-GROUP-DONE ' "$out" | tail -n 1 | cut -d: -f1 || true)
     [ -n "$last" ] && { head -n "$last" "$out" | grep -v '^NESTED-' >> "$kept" || true; }
@@ -70,13 +76,13 @@ run_payload_resuming() {
     done_groups=$(echo $done_groups $new)
     if [ -n "$new" ]; then stuck=1; else stuck=$((stuck + 1)); fi
     in_case=$(sed -n 's/^VOLT-CASE-BEGIN //p' "$out" | tail -n 1)
-    line="NESTED-WEDGED $wedges $wedge (in case ${in_case:-none}; groups done: ${done_groups:-none})"
+    line="NESTED-$kind $failures $why (in case ${in_case:-none}; groups done: ${done_groups:-none})"
     echo "run-e2e: $line" >&2
     echo "$line" >> "$kept"
-    if [ "$wedges" -ge "$max_wedges" ] || [ "$stuck" -ge 4 ]; then
+    if [ "$failures" -ge "$max" ] || [ "$stuck" -ge 4 ]; then
       cat "$kept"
       tail -n +$((${last:-0} + 1)) "$out" | grep -v '^NESTED-' || true
-      echo "NESTED-WEDGED $wedges $wedge (no retries left)"
+      echo "NESTED-$kind $failures $why (no retries left)"
       return 125
     fi
   done

@@ -5,8 +5,9 @@
 #
 # usage: tests/nested/run-e2e.sh [--vmm volt|qemu] [--volt BIN] [--mode auto|direct|nested]
 # Prints the payload's delimited output (see lib.sh boot_case). Exit status 77 with a line
-# `SKIP: reason` when no real KVM can be had. A wedged outer guest is resumed (below) and each
-# wedge is a `NESTED-WEDGED N reason (in case C; groups done: ...)` line in the output.
+# `SKIP: reason` when no real KVM can be had. When the bed's outer guest wedges or stops early
+# the run resumes (common.sh run_payload_resuming), and each such failure is a
+# `NESTED-WEDGED|NESTED-ENDED N reason (in case C; groups done: ...)` line in the output.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/common.sh"
