@@ -48,17 +48,20 @@ run_payload() {
 # wedge; instead each attempt runs once (NESTED_RETRIES=0, so a wedged attempt's output comes
 # back) and the next attempt skips the groups of boots (lib.sh run_group) that had finished: a
 # bed failure costs the group it hit, not the run. Each is a `NESTED-WEDGED N reason (in case C;
-# groups done: ...)` or `NESTED-ENDED N ...` line. At most E2E_MAX_BED_FAILURES (default 8) per
-# run, and at most 4 in a row in one group; then the output so far and the last such line ending
-# in `(no retries left)`, status 125. VMM and E2E_SKIP_GROUPS go to DIR/env.sh (lib.sh reads it).
+# groups done: ...)` or `NESTED-ENDED N ...` line, followed by the last lines run.sh printed on
+# stderr (`NESTED-BED-CONSOLE ...`: QEMU's and the outer kernel's last words). At most
+# E2E_MAX_BED_FAILURES (default 8) per run, and at most 4 in a row in one group; then the output
+# so far and the last such line ending in `(no retries left)`, status 125. VMM and
+# E2E_SKIP_GROUPS go to DIR/env.sh (lib.sh reads it).
 run_payload_resuming() {
   local dir=$1 vmm=$2 max=${E2E_MAX_BED_FAILURES:-8}
-  local done_groups= failures=0 stuck=0 kept=$1.kept out=$1.out rc kind why last new in_case line
+  local done_groups= failures=0 stuck=0 kept=$1.kept out=$1.out err=$1.err rc kind why last new in_case line
   : > "$kept"
   while :; do
     { echo "VMM=$vmm"; echo "E2E_SKIP_GROUPS='$done_groups'"; } > "$dir/env.sh"
     rc=0
-    NESTED_RETRIES=0 run_payload nested "$dir" > "$out" || rc=$?
+    NESTED_RETRIES=0 run_payload nested "$dir" > "$out" 2> "$err" || rc=$?
+    cat "$err" >&2
     why=$(sed -n 's/^NESTED-WEDGED [0-9]* \(.*\) (no retries left)$/\1/p' "$out" | tail -n 1)
     if [ "$rc" = 125 ] && [ -n "$why" ]; then
       kind=WEDGED
@@ -79,6 +82,8 @@ run_payload_resuming() {
     line="NESTED-$kind $failures $why (in case ${in_case:-none}; groups done: ${done_groups:-none})"
     echo "run-e2e: $line" >&2
     echo "$line" >> "$kept"
+    # run.sh's stderr: QEMU's own messages and the outer kernel's warnings (BUG, Oops, panic).
+    tail -n 15 "$err" | sed 's/^/NESTED-BED-CONSOLE /' >> "$kept"
     if [ "$failures" -ge "$max" ] || [ "$stuck" -ge 4 ]; then
       cat "$kept"
       tail -n +$((${last:-0} + 1)) "$out" | grep -v '^NESTED-' || true
