@@ -671,7 +671,7 @@ fn run_on_fake_bed(wedges: &str, ends: &str) -> (String, Option<i32>, HashMap<St
 # exit 98 for one that stopped (no NESTED-EXIT)
 n=$(( $(cat "$1/../attempt" 2>/dev/null || echo 0) + 1 )); echo $n > "$1/../attempt"
 rc=0; out=$(cd "$1" && FAKE_ATTEMPT=$n sh ./run) || rc=$?
-echo "$out"
+echo "$out" | sed 's/$/\r/' # the real payload's lines come over a serial port: CRLF
 [ "$rc" = 99 ] && { echo "NESTED-WEDGED 1 fake wedge (no retries left)"; exit 125; }
 [ "$rc" = 98 ] && exit 0
 echo "NESTED-EXIT $rc"; exit $rc

@@ -62,6 +62,7 @@ run_payload_resuming() {
     rc=0
     NESTED_RETRIES=0 run_payload nested "$dir" > "$out" 2> "$err" || rc=$?
     cat "$err" >&2
+    sed -i 's/\r$//' "$out" # the payload's lines come over a serial port, CRLF-terminated
     why=$(sed -n 's/^NESTED-WEDGED [0-9]* \(.*\) (no retries left)$/\1/p' "$out" | tail -n 1)
     if [ "$rc" = 125 ] && [ -n "$why" ]; then
       kind=WEDGED
