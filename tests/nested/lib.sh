@@ -141,7 +141,7 @@ BALLOON_QEMU_ARGS="-device virtio-balloon-device,free-page-reporting=on"
 # vmm_pid: pid of the running VMM (volt, qemu or firecracker; the payload runs one at a time).
 vmm_pid() {
   for _f in /proc/[0-9]*/cmdline; do
-    set -- $(tr '\0' ' ' < "$_f" 2>/dev/null)
+    set -- $( { tr '\0' ' ' < "$_f"; } 2>/dev/null) # the process may be gone already
     case "$1" in
       */ld-linux-x86-64.so.2) _exe=$4 ;; # a wrapped dynamic binary: ld.so --library-path DIR EXE
       *) _exe=$1 ;;
