@@ -110,6 +110,15 @@ fn tail(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// The run's `NESTED-WEDGED` / `NESTED-ENDED` lines: the bed's failures it resumed from (and the
+/// one it gave up on, ending in `(no retries left)`).
+fn bed_failures(output: &str) -> Vec<&str> {
+    output
+        .lines()
+        .filter(|l| l.starts_with("NESTED-WEDGED ") || l.starts_with("NESTED-ENDED "))
+        .collect()
+}
+
 /// Why a run's output shows it did not finish, or None if it did.
 fn unfinished_reason(output: &str, success: bool) -> Option<String> {
     let last_case = output
@@ -117,11 +126,7 @@ fn unfinished_reason(output: &str, success: bool) -> Option<String> {
         .rev()
         .find_map(|l| l.strip_prefix("VOLT-CASE-BEGIN "))
         .unwrap_or("(none started)");
-    // A wedged or early-ended outer guest the run resumed from, or gave up on.
-    let bed_failures: Vec<&str> = output
-        .lines()
-        .filter(|l| l.starts_with("NESTED-WEDGED ") || l.starts_with("NESTED-ENDED "))
-        .collect();
+    let bed_failures = bed_failures(output);
     if let Some(line) = output.lines().find(|l| l.starts_with("NESTED-TIMEOUT")) {
         return Some(format!(
             "the nested bed timed out ({line}) in case {last_case}: the bed, not a test, failed\n{}",
@@ -602,10 +607,7 @@ fn every_boot_of_the_e2e_ran_to_its_end() {
         } => (vmm, output, cases, unfinished),
     };
     // Wedges and early ends the run resumed from are the bed's; they are listed, not failed.
-    for line in output
-        .lines()
-        .filter(|l| l.starts_with("NESTED-WEDGED ") || l.starts_with("NESTED-ENDED "))
-    {
+    for line in bed_failures(output) {
         eprintln!("{line}");
     }
     if let Some(why) = unfinished {
@@ -744,10 +746,7 @@ fn a_wedged_bed_resumes_after_the_groups_that_finished() {
             "{out}"
         );
     }
-    let wedged: Vec<_> = out
-        .lines()
-        .filter(|l| l.starts_with("NESTED-WEDGED") || l.starts_with("NESTED-ENDED"))
-        .collect();
+    let wedged = bed_failures(&out);
     assert_eq!(
         wedged,
         [
